@@ -1,0 +1,1 @@
+"""holepunch-services rendezvous: a stateless HTTP discovery service on Redis."""

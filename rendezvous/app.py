@@ -1,0 +1,101 @@
+"""The aiohttp application: factory, cross-cutting middlewares and the store's lifecycle."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from rendezvous import api, metrics
+from rendezvous.cookie import CookieCodec
+from rendezvous.errors import ApiError, ErrorCode
+from rendezvous.keys import KeySchema
+from rendezvous.settings import Settings
+from rendezvous.store import Store, connect
+
+log = logging.getLogger(__name__)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": f"Retry-After, {api.COOKIE_HEADER}, {api.MORE_HEADER}",
+}
+PREFLIGHT_HEADERS = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, Accept, traceparent",
+    "Access-Control-Max-Age": "86400",
+}
+_HTTP_ERRORS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.BODY_TOO_LARGE}
+
+
+def error_response(exc: ApiError) -> web.Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return web.json_response(exc.body(), status=exc.kind.status, headers=headers)
+
+
+def _as_api_error(exc: web.HTTPException, request: web.Request) -> ApiError:
+    kind = _HTTP_ERRORS.get(exc.status, ErrorCode.INTERNAL)
+    if kind is ErrorCode.BODY_TOO_LARGE:
+        limit = request.app[api.SETTINGS].limits.max_body_bytes
+        return ApiError(kind, f"the request body is larger than {limit} bytes")
+    if kind is ErrorCode.METHOD_NOT_ALLOWED:
+        return ApiError(kind, f"{request.method} is not allowed on {request.path}")
+    if kind is ErrorCode.NOT_FOUND:
+        return ApiError(kind, f"no such route: {request.path}")
+    return ApiError(kind, exc.reason)
+
+
+@web.middleware
+async def observe(request: web.Request, handler) -> web.StreamResponse:
+    """Errors to JSON, CORS on every answer, and the request metrics."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    if request.method == "OPTIONS":
+        response: web.StreamResponse = web.Response(status=204, headers=PREFLIGHT_HEADERS)
+    else:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc)
+            if exc.kind is ErrorCode.STORE_UNAVAILABLE:
+                metrics.STORE_ERRORS.inc()
+        except web.HTTPException as exc:
+            response = error_response(_as_api_error(exc, request))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = error_response(ApiError(ErrorCode.INTERNAL, "internal error; it has been logged"))
+        response.headers.update(CORS_HEADERS)
+    metrics.HTTP_REQUESTS.labels(route, request.method, response.status).inc()
+    metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+def create_app(settings: Settings, client: Any = None) -> web.Application:
+    """The service; `client` replaces the Redis client made from settings (tests pass their own)."""
+    app = web.Application(middlewares=[observe], client_max_size=settings.limits.max_body_bytes)
+    app[api.SETTINGS] = settings
+    app[api.COOKIES] = CookieCodec(settings.cookie_key)
+
+    async def store_lifecycle(app: web.Application):
+        store = Store(client if client is not None else connect(settings), KeySchema(settings.key_prefix),
+                      settings.limits)
+        if settings.embedded:
+            log.warning("store: embedded in-process store (fakeredis); registrations live only as long as this "
+                        "process and are not shared with other replicas; set REDIS_URL for production")
+        else:
+            log.info("store: Redis%s", " Cluster" if settings.redis_cluster else "")
+        try:
+            await store.load_scripts()
+        except Exception as exc:  # start anyway: /readyz says not ready and requests get 503 until Redis is back
+            log.warning("store: Redis not reachable at start (%s); serving 503 until it is", exc)
+        app[api.STORE] = store
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(store_lifecycle)
+    api.add_routes(app)
+    return app

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the rendezvous role, named rendezvous_<thing>_<unit>."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter("rendezvous_http_requests_total", "HTTP requests by route, method and status",
+                        ["route", "method", "status"])
+HTTP_LATENCY = Histogram("rendezvous_http_request_duration_seconds", "HTTP request latency by route",
+                         ["route", "method"],
+                         buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+REGISTRATIONS = Counter("rendezvous_registrations_total",
+                        "Registration attempts by outcome (created, renewed, or the error code)", ["outcome"])
+DEREGISTRATIONS = Counter("rendezvous_deregistrations_total", "Deregistrations by who asked (peer, admin)",
+                          ["by"])
+LIVE_PEERS = Gauge("rendezvous_live_peers", "Live registrations per namespace (read from Redis at scrape)",
+                   ["namespace"])
+STORE_ERRORS = Counter("rendezvous_store_errors_total", "Requests refused because Redis was unavailable")
+
+
+def set_live_peers(counts: dict[str, int]) -> None:
+    LIVE_PEERS.clear()  # namespaces that emptied disappear from the scrape
+    for namespace, count in counts.items():
+        LIVE_PEERS.labels(namespace).set(count)

@@ -1,0 +1,249 @@
+"""Registrations in Redis: the only state the service has, shared by every replica.
+
+One call here is one logical step, done in as few round trips as the Cluster slots allow:
+register = [rate limit by IP + admit the peer (rate, nonce, per-peer cap)] then [write the namespace];
+discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Iterable
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from rendezvous import scripts
+from rendezvous.envelope import public_key_from_peer_id
+from rendezvous.errors import ApiError, ErrorCode
+from rendezvous.keys import KeySchema
+from rendezvous.registration import Registration
+from rendezvous.settings import Limits, Settings
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_MS = 60_000
+STORE_RETRY_AFTER_S = 2
+METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers gauge
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    now_ms: int
+    records: list[bytes]  # 13-digit expiry + peer object fragment
+    cursor: str
+    more: bool
+
+
+class StoreUnavailable(ApiError):
+    def __init__(self, detail: str):
+        super().__init__(ErrorCode.STORE_UNAVAILABLE, f"the registration store is unavailable ({detail}); retry later",
+                         retry_after=STORE_RETRY_AFTER_S)
+
+
+def connect(settings: Settings) -> Any:
+    """A client for REDIS_URL (a single node or a Cluster), or the embedded in-process store."""
+    timeouts = dict(socket_connect_timeout=2.0, socket_timeout=2.0)
+    if settings.embedded:
+        import fakeredis  # only the embedded default needs it
+
+        return fakeredis.FakeAsyncRedis()
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(settings.redis_url, **timeouts)
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=15, **timeouts)
+
+
+class Store:
+    def __init__(self, client: Any, keys: KeySchema, limits: Limits):
+        self.client = client
+        self.keys = keys
+        self.limits = limits
+        self._sha: dict[str, str] = {}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    async def load_scripts(self) -> None:
+        for name, source in scripts.ALL.items():
+            self._sha[name] = await self.client.script_load(source)
+
+    def _eval(self, target: Any, name: str, keys: Iterable[str], *args: Any) -> Any:
+        keys = tuple(keys)
+        return target.evalsha(self._sha[name], len(keys), *keys, *args)
+
+    async def _pipeline(self, build) -> list:
+        """Run `build(pipe)` as one pipeline; reload scripts once if Redis lost them (a restart, a failover)."""
+        for attempt in (1, 2):
+            try:
+                if not self._sha:
+                    await self.load_scripts()
+                pipe = self.client.pipeline(transaction=False)
+                build(pipe)
+                results = await pipe.execute(raise_on_error=False)
+            except RedisError as exc:
+                raise self._unavailable(exc) from None
+            failures = [r for r in results if isinstance(r, Exception)]
+            if not failures:
+                return results
+            if attempt == 1 and any(isinstance(f, NoScriptError) for f in failures):
+                self._sha.clear()
+                continue
+            raise self._unavailable(failures[0]) from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _unavailable(exc: BaseException) -> ApiError:
+        if isinstance(exc, ResponseError) and not str(exc).startswith(("OOM", "LOADING", "BUSY", "CLUSTERDOWN",
+                                                                         "TRYAGAIN", "MASTERDOWN", "READONLY")):
+            log.error("store: unexpected reply from Redis: %s", exc)
+            return ApiError(ErrorCode.INTERNAL, "the registration store refused the operation")
+        log.warning("store: Redis unavailable: %s: %s", type(exc).__name__, exc)
+        return StoreUnavailable(type(exc).__name__)
+
+    def _rate(self, pipe: Any, client_ip: str) -> None:
+        self._eval(pipe, "rate", [self.keys.ip_rate(client_ip)], RATE_WINDOW_MS)
+
+    def _check_ip_rate(self, reply: list) -> None:
+        count, retry_ms = reply
+        if count > self.limits.rate_limit_ip_per_minute:
+            raise ApiError(ErrorCode.RATE_LIMITED,
+                           f"more than {self.limits.rate_limit_ip_per_minute} requests a minute from this address",
+                           retry_after=max(retry_ms, 1000) / 1000)
+
+    # --- operations -----------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+
+    async def register(self, reg: Registration, client_ip: str) -> tuple[int, bool]:
+        """Store `reg`, superseding the peer's registration in that namespace. -> (expiry ms, replaced)."""
+        peer = self.keys.peer(reg.peer_id)
+        ttl_ms = reg.ttl * 1000
+
+        def admit(pipe):
+            self._rate(pipe, client_ip)
+            self._eval(pipe, "admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
+                       self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
+                       reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
+
+        ip_reply, (status, detail) = await self._pipeline(admit)
+        reserved_new = status == b"ok" and detail == 1
+        try:
+            self._check_ip_rate(ip_reply)
+            self._check_admission(status, detail)
+            ns = self.keys.namespace(reg.namespace)
+
+            def write(pipe):
+                self._eval(pipe, "register", ns.all(), public_key_from_peer_id(reg.peer_id), reg.stored_fragment(),
+                           ttl_ms, self.limits.max_peers_per_namespace)
+                # an index for the live-peers metric only: this replica's clock is close enough for it
+                pipe.zadd(self.keys.namespaces(), {reg.namespace: int(time.time() * 1000) + ttl_ms}, gt=True)
+
+            [(stored, expiry, replaced), _] = await self._pipeline(write)
+            if not stored:
+                raise ApiError(ErrorCode.NAMESPACE_FULL, f"namespace {reg.namespace!r} holds its maximum of "
+                               f"{self.limits.max_peers_per_namespace} peers")
+        except ApiError:
+            if reserved_new:
+                await self._release(peer.namespaces, reg.namespace)
+            raise
+        return expiry, bool(replaced)
+
+    def _check_admission(self, status: bytes, detail: int) -> None:
+        if status == b"rate":
+            raise ApiError(ErrorCode.RATE_LIMITED,
+                           f"more than {self.limits.rate_limit_peer_per_minute} signed requests a minute from this peer",
+                           retry_after=max(detail, 1000) / 1000)
+        if status == b"replay":
+            raise ApiError(ErrorCode.REPLAYED_NONCE, "this nonce was already used; sign a new request")
+        if status == b"peer_cap":
+            raise ApiError(ErrorCode.PEER_REGISTRATION_LIMIT, f"the peer is registered in its maximum of "
+                           f"{self.limits.max_registrations_per_peer} namespaces")
+
+    def _nonce_ttl_ms(self) -> int:
+        # a nonce must be remembered as long as its timestamp could still pass the window check
+        return 2 * self.limits.timestamp_window * 1000 + 1000
+
+    async def _release(self, index_key: str, namespace: str) -> None:
+        try:
+            await self.client.zrem(index_key, namespace)
+        except RedisError as exc:  # the stale entry expires with the TTL it was reserved for
+            log.warning("store: could not release a refused registration's index entry: %s", exc)
+
+    async def discover(self, namespace: str, cursor: str, limit: int, client_ip: str) -> Page:
+        ns = self.keys.namespace(namespace)
+
+        def read(pipe):
+            self._rate(pipe, client_ip)
+            self._eval(pipe, "discover", ns.all(), cursor, limit)
+
+        ip_reply, reply = await self._pipeline(read)
+        self._check_ip_rate(ip_reply)
+        now, new_cursor, more, *records = reply
+        return Page(now, records, new_cursor.decode(), bool(more))
+
+    async def lookup(self, namespace: str, peer_id: str, client_ip: str) -> tuple[int, bytes | None]:
+        member = public_key_from_peer_id(peer_id)
+
+        def read(pipe):
+            self._rate(pipe, client_ip)
+            self._eval(pipe, "lookup", self.keys.namespace(namespace).all(), member)
+
+        ip_reply, (now, record) = await self._pipeline(read)
+        self._check_ip_rate(ip_reply)
+        return now, record or None
+
+    async def admit_unregistration(self, peer_id: str, nonce: str, client_ip: str) -> None:
+        """Rate limits and replay check for a signed deregistration."""
+        peer = self.keys.peer(peer_id)
+
+        def admit(pipe):
+            self._rate(pipe, client_ip)
+            self._eval(pipe, "admit", [peer.rate, peer.nonce(nonce), peer.namespaces],
+                       self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0)
+
+        ip_reply, (status, detail) = await self._pipeline(admit)
+        self._check_ip_rate(ip_reply)
+        self._check_admission(status, detail)
+
+    async def unregister(self, peer_id: str, namespace: str | None) -> list[str]:
+        """Remove the peer from `namespace`, or from every namespace when None. -> namespaces it left."""
+        member = public_key_from_peer_id(peer_id)
+        index = self.keys.peer(peer_id).namespaces
+        if namespace is None:
+            [names] = await self._pipeline(lambda pipe: pipe.zrange(index, 0, -1))
+            namespaces = [n.decode() for n in names]
+        else:
+            namespaces = [namespace]
+        if not namespaces:
+            return []
+
+        def remove(pipe):
+            for name in namespaces:
+                self._eval(pipe, "unregister", self.keys.namespace(name).all(), member)
+            pipe.zrem(index, *namespaces)
+
+        *removed, _ = await self._pipeline(remove)
+        return [name for name, was_live in zip(namespaces, removed) if was_live]
+
+    async def live_peers(self) -> dict[str, int]:
+        """Live registrations per namespace, for the metrics gauge (at most METRICS_MAX_NAMESPACES)."""
+        [(seconds, _)] = await self._pipeline(lambda pipe: pipe.time())
+        now_ms = seconds * 1000
+        [names] = await self._pipeline(lambda pipe: pipe.zrangebyscore(
+            self.keys.namespaces(), f"({now_ms}", "+inf", start=0, num=METRICS_MAX_NAMESPACES))
+        if not names:
+            return {}
+
+        def count(pipe):
+            for name in names:
+                pipe.zcount(self.keys.namespace(name.decode()).expiries, f"({now_ms}", "+inf")
+
+        counts = await self._pipeline(count)
+        return {name.decode(): n for name, n in zip(names, counts)}
