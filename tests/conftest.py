@@ -1,0 +1,143 @@
+"""Real servers for the tests: a redis-server (and a 3-master Redis Cluster) on free loopback ports.
+
+Never the machine's own Redis on 6379. Each test gets its own key prefix, so tests share one server
+without seeing each other's keys.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from rendezvous.app import create_app
+from rendezvous.settings import Limits, Settings
+
+COOKIE_KEY = b"k" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process of the test suite's own."""
+
+    def __init__(self, *extra: str):
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed; run the README's test command, which installs it")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="hp-redis-")
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=self.port).ping():
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """Three masters on loopback, slots spread by redis-cli --cluster create."""
+    nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-node-timeout", "2000") for _ in range(3)]
+    for node in nodes:
+        node.start()
+    try:
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        client = redis.Redis(port=nodes[0].port)
+        while client.cluster("info").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster never reached cluster_state:ok")
+            time.sleep(0.1)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"t{next(_prefixes)}-{uuid.uuid4().hex[:6]}"
+
+
+def make_settings(redis_url: str | None, key_prefix: str = "hp", **limits) -> Settings:
+    defaults = dict(rate_limit_ip_per_minute=100_000, rate_limit_peer_per_minute=100_000)
+    return Settings(redis_url=redis_url, cookie_key=COOKIE_KEY, admin_token="admin-token-0123456789",
+                    key_prefix=key_prefix, limits=Limits(**{**defaults, **limits}))
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, client=None):
+    """The service in this process, behind a real HTTP server on a loopback port."""
+    async with TestClient(TestServer(create_app(settings, client))) as http:
+        yield http
+
+
+@pytest.fixture
+async def raw_redis(redis_server):
+    client = aioredis.Redis(port=redis_server.port)
+    yield client
+    await client.aclose()
+
+
+async def snapshot(client, prefix: str, bookkeeping: bool = True) -> dict:
+    """Every key under `prefix` with its type and content.
+
+    bookkeeping=False leaves out what moves on purpose even for a refused request: rate counters, used
+    nonces and the metrics' namespace index."""
+    state = {}
+    async for key in client.scan_iter(match=f"{prefix}*"):
+        name = key.decode()
+        if not bookkeeping and (name.endswith((":rate", ":namespaces")) or ":nonce:" in name):
+            continue
+        kind = (await client.type(key)).decode()
+        if kind == "zset":
+            state[name] = await client.zrange(key, 0, -1, withscores=True)
+        elif kind == "hash":
+            state[name] = await client.hgetall(key)
+        else:
+            state[name] = await client.get(key)
+    return state
