@@ -6,10 +6,11 @@ discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -70,19 +71,15 @@ class Store:
         for name, source in scripts.ALL.items():
             self._sha[name] = await self.client.script_load(source)
 
-    def _eval(self, target: Any, name: str, keys: Iterable[str], *args: Any) -> Any:
-        keys = tuple(keys)
-        return target.evalsha(self._sha[name], len(keys), *keys, *args)
-
-    async def _pipeline(self, build) -> list:
-        """Run `build(pipe)` as one pipeline; reload scripts once if Redis lost them (a restart, a failover)."""
+    async def _pipeline(self, build: Callable[["_Batch"], None]) -> list:
+        """Run the commands `build` adds as one round trip; reload scripts once if Redis lost them."""
         for attempt in (1, 2):
             try:
                 if not self._sha:
                     await self.load_scripts()
-                pipe = self.client.pipeline(transaction=False)
-                build(pipe)
-                results = await pipe.execute(raise_on_error=False)
+                batch = _Batch(self._sha)
+                build(batch)
+                results = await self._execute(batch.calls)
             except RedisError as exc:
                 raise self._unavailable(exc) from None
             failures = [r for r in results if isinstance(r, Exception)]
@@ -94,6 +91,16 @@ class Store:
             raise self._unavailable(failures[0]) from None
         raise AssertionError("unreachable")
 
+    async def _execute(self, calls: list[tuple[str, tuple, dict]]) -> list:
+        if isinstance(self.client, aioredis.RedisCluster):
+            # redis-py refuses EVALSHA in Cluster pipelines; the calls go to their slots' nodes concurrently
+            return await asyncio.gather(*(getattr(self.client, method)(*args, **kwargs)
+                                          for method, args, kwargs in calls), return_exceptions=True)
+        pipe = self.client.pipeline(transaction=False)
+        for method, args, kwargs in calls:
+            getattr(pipe, method)(*args, **kwargs)
+        return await pipe.execute(raise_on_error=False)
+
     @staticmethod
     def _unavailable(exc: BaseException) -> ApiError:
         if isinstance(exc, ResponseError) and not str(exc).startswith(("OOM", "LOADING", "BUSY", "CLUSTERDOWN",
@@ -103,8 +110,8 @@ class Store:
         log.warning("store: Redis unavailable: %s: %s", type(exc).__name__, exc)
         return StoreUnavailable(type(exc).__name__)
 
-    def _rate(self, pipe: Any, client_ip: str) -> None:
-        self._eval(pipe, "rate", [self.keys.ip_rate(client_ip)], RATE_WINDOW_MS)
+    def _rate(self, batch: "_Batch", client_ip: str) -> None:
+        batch.script("rate", [self.keys.ip_rate(client_ip)], RATE_WINDOW_MS)
 
     def _check_ip_rate(self, reply: list) -> None:
         count, retry_ms = reply
@@ -126,9 +133,9 @@ class Store:
         peer = self.keys.peer(reg.peer_id)
         ttl_ms = reg.ttl * 1000
 
-        def admit(pipe):
-            self._rate(pipe, client_ip)
-            self._eval(pipe, "admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
+        def admit(batch):
+            self._rate(batch, client_ip)
+            batch.script("admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
                        self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
                        reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
 
@@ -139,11 +146,11 @@ class Store:
             self._check_admission(status, detail)
             ns = self.keys.namespace(reg.namespace)
 
-            def write(pipe):
-                self._eval(pipe, "register", ns.all(), public_key_from_peer_id(reg.peer_id), reg.stored_fragment(),
+            def write(batch):
+                batch.script("register", ns.all(), public_key_from_peer_id(reg.peer_id), reg.stored_fragment(),
                            ttl_ms, self.limits.max_peers_per_namespace)
                 # an index for the live-peers metric only: this replica's clock is close enough for it
-                pipe.zadd(self.keys.namespaces(), {reg.namespace: int(time.time() * 1000) + ttl_ms}, gt=True)
+                batch.call("zadd", self.keys.namespaces(), {reg.namespace: int(time.time() * 1000) + ttl_ms}, gt=True)
 
             [(stored, expiry, replaced), _] = await self._pipeline(write)
             if not stored:
@@ -179,9 +186,9 @@ class Store:
     async def discover(self, namespace: str, cursor: str, limit: int, client_ip: str) -> Page:
         ns = self.keys.namespace(namespace)
 
-        def read(pipe):
-            self._rate(pipe, client_ip)
-            self._eval(pipe, "discover", ns.all(), cursor, limit)
+        def read(batch):
+            self._rate(batch, client_ip)
+            batch.script("discover", ns.all(), cursor, limit)
 
         ip_reply, reply = await self._pipeline(read)
         self._check_ip_rate(ip_reply)
@@ -191,9 +198,9 @@ class Store:
     async def lookup(self, namespace: str, peer_id: str, client_ip: str) -> tuple[int, bytes | None]:
         member = public_key_from_peer_id(peer_id)
 
-        def read(pipe):
-            self._rate(pipe, client_ip)
-            self._eval(pipe, "lookup", self.keys.namespace(namespace).all(), member)
+        def read(batch):
+            self._rate(batch, client_ip)
+            batch.script("lookup", self.keys.namespace(namespace).all(), member)
 
         ip_reply, (now, record) = await self._pipeline(read)
         self._check_ip_rate(ip_reply)
@@ -203,9 +210,9 @@ class Store:
         """Rate limits and replay check for a signed deregistration."""
         peer = self.keys.peer(peer_id)
 
-        def admit(pipe):
-            self._rate(pipe, client_ip)
-            self._eval(pipe, "admit", [peer.rate, peer.nonce(nonce), peer.namespaces],
+        def admit(batch):
+            self._rate(batch, client_ip)
+            batch.script("admit", [peer.rate, peer.nonce(nonce), peer.namespaces],
                        self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0)
 
         ip_reply, (status, detail) = await self._pipeline(admit)
@@ -217,33 +224,48 @@ class Store:
         member = public_key_from_peer_id(peer_id)
         index = self.keys.peer(peer_id).namespaces
         if namespace is None:
-            [names] = await self._pipeline(lambda pipe: pipe.zrange(index, 0, -1))
+            [names] = await self._pipeline(lambda batch: batch.call("zrange", index, 0, -1))
             namespaces = [n.decode() for n in names]
         else:
             namespaces = [namespace]
         if not namespaces:
             return []
 
-        def remove(pipe):
+        def remove(batch):
             for name in namespaces:
-                self._eval(pipe, "unregister", self.keys.namespace(name).all(), member)
-            pipe.zrem(index, *namespaces)
+                batch.script("unregister", self.keys.namespace(name).all(), member)
+            batch.call("zrem", index, *namespaces)
 
         *removed, _ = await self._pipeline(remove)
         return [name for name, was_live in zip(namespaces, removed) if was_live]
 
     async def live_peers(self) -> dict[str, int]:
         """Live registrations per namespace, for the metrics gauge (at most METRICS_MAX_NAMESPACES)."""
-        [(seconds, _)] = await self._pipeline(lambda pipe: pipe.time())
+        [(seconds, _)] = await self._pipeline(lambda batch: batch.call("time"))
         now_ms = seconds * 1000
-        [names] = await self._pipeline(lambda pipe: pipe.zrangebyscore(
+        [names] = await self._pipeline(lambda batch: batch.call("zrangebyscore", 
             self.keys.namespaces(), f"({now_ms}", "+inf", start=0, num=METRICS_MAX_NAMESPACES))
         if not names:
             return {}
 
-        def count(pipe):
+        def count(batch):
             for name in names:
-                pipe.zcount(self.keys.namespace(name.decode()).expiries, f"({now_ms}", "+inf")
+                batch.call("zcount", self.keys.namespace(name.decode()).expiries, f"({now_ms}", "+inf")
 
         counts = await self._pipeline(count)
         return {name.decode(): n for name, n in zip(names, counts)}
+
+
+class _Batch:
+    """The commands of one round trip, recorded so they can be replayed after a script reload."""
+
+    def __init__(self, shas: dict[str, str]):
+        self.shas = shas
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def script(self, name: str, keys: Iterable[str], *args: Any) -> None:
+        keys = tuple(keys)
+        self.calls.append(("evalsha", (self.shas[name], len(keys), *keys, *args), {}))
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((method, args, kwargs))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import shutil
 import socket
 import subprocess
@@ -31,13 +32,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too (so P <= 55535)."""
+    for _ in range(200):
+        port = random.randint(20000, 55000)
+        with contextlib.suppress(OSError), socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 10000))
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 class RedisServer:
     """A redis-server process of the test suite's own."""
 
-    def __init__(self, *extra: str):
+    def __init__(self, *extra: str, cluster: bool = False):
         if shutil.which("redis-server") is None:
             pytest.fail("redis-server is not installed; run the README's test command, which installs it")
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
+        if cluster:
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout",
+                     "2000", *extra)
         self.dir = tempfile.mkdtemp(prefix="hp-redis-")
         self.extra = extra
         self.proc: subprocess.Popen | None = None
@@ -76,8 +91,7 @@ def redis_server():
 @pytest.fixture(scope="session")
 def redis_cluster():
     """Three masters on loopback, slots spread by redis-cli --cluster create."""
-    nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                         "--cluster-node-timeout", "2000") for _ in range(3)]
+    nodes = [RedisServer(cluster=True) for _ in range(3)]
     for node in nodes:
         node.start()
     try:

@@ -1,0 +1,45 @@
+"""Configuration is validated at start, with a message that names the bad variable."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rendezvous.settings import ConfigError, Settings
+
+GOOD = {"REDIS_URL": "rediss://:secret@10.0.0.3:6378/0", "COOKIE_HMAC_KEY": "c" * 40}
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"PORT": "eighty"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"REDIS_URL": "http://redis:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://localhost:6379"}, "COOKIE_HMAC_KEY"),
+    ({"COOKIE_HMAC_KEY": "short"}, "COOKIE_HMAC_KEY"),
+    ({"ADMIN_TOKEN": "tiny"}, "ADMIN_TOKEN"),
+    ({"TTL_MAX_SECONDS": str(72 * 3600 + 1)}, "TTL_MAX_SECONDS"),
+    ({"TTL_MIN_SECONDS": "100", "TTL_DEFAULT_SECONDS": "50"}, "TTL_DEFAULT_SECONDS"),
+    ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+    ({"DEFAULT_NAMESPACE": "has space"}, "DEFAULT_NAMESPACE"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+])
+def test_bad_variable_is_named(env, variable):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value).startswith(f"{variable}:")
+
+
+def test_memorystore_style_url_and_defaults():
+    settings = Settings.from_env({**GOOD, "PORT": "9000", "MAX_ADDRS": "4"})
+    assert settings.redis_url == GOOD["REDIS_URL"] and settings.port == 9000 and settings.limits.max_addrs == 4
+    assert settings.limits.ttl_min == 10 and settings.limits.ttl_default == 7200 and settings.limits.ttl_max == 259200
+    assert Settings.from_env({}).embedded
+
+
+def test_cli_exits_with_the_variable_named():
+    env = {**os.environ, "PORT": "not-a-port"}
+    result = subprocess.run([sys.executable, "-m", "rendezvous.cli"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "PORT" in result.stderr
