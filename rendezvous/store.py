@@ -136,8 +136,8 @@ class Store:
         def admit(batch):
             self._rate(batch, client_ip)
             batch.script("admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
-                       self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
-                       reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
+                         self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
+                         reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
 
         ip_reply, (status, detail) = await self._pipeline(admit)
         reserved_new = status == b"ok" and detail == 1
@@ -148,7 +148,7 @@ class Store:
 
             def write(batch):
                 batch.script("register", ns.all(), public_key_from_peer_id(reg.peer_id), reg.stored_fragment(),
-                           ttl_ms, self.limits.max_peers_per_namespace)
+                             ttl_ms, self.limits.max_peers_per_namespace)
                 # an index for the live-peers metric only: this replica's clock is close enough for it
                 batch.call("zadd", self.keys.namespaces(), {reg.namespace: int(time.time() * 1000) + ttl_ms}, gt=True)
 
@@ -213,7 +213,7 @@ class Store:
         def admit(batch):
             self._rate(batch, client_ip)
             batch.script("admit", [peer.rate, peer.nonce(nonce), peer.namespaces],
-                       self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0)
+                         self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0)
 
         ip_reply, (status, detail) = await self._pipeline(admit)
         self._check_ip_rate(ip_reply)
@@ -243,8 +243,8 @@ class Store:
         """Live registrations per namespace, for the metrics gauge (at most METRICS_MAX_NAMESPACES)."""
         [(seconds, _)] = await self._pipeline(lambda batch: batch.call("time"))
         now_ms = seconds * 1000
-        [names] = await self._pipeline(lambda batch: batch.call("zrangebyscore", 
-            self.keys.namespaces(), f"({now_ms}", "+inf", start=0, num=METRICS_MAX_NAMESPACES))
+        [names] = await self._pipeline(lambda batch: batch.call(
+            "zrangebyscore", self.keys.namespaces(), f"({now_ms}", "+inf", start=0, num=METRICS_MAX_NAMESPACES))
         if not names:
             return {}
 

@@ -1,13 +1,11 @@
 """The service on a real 3-master Redis Cluster: every script stays on one slot thanks to the hash tags."""
 from __future__ import annotations
 
-import redis
 from redis.cluster import RedisCluster
 
 from rendezvous.registration import sign_registration, sign_unregistration
-from tests.conftest import serve
 from rendezvous.settings import Limits, Settings
-from tests.conftest import COOKIE_KEY
+from tests.conftest import COOKIE_KEY, serve
 from tests.helpers import new_key, peer_id
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rendezvous.envelope import bytes_field, marshal_public_key, seal, varint_field
+from rendezvous.envelope import bytes_field, seal, varint_field
 from rendezvous.keys import KeySchema
 from rendezvous.registration import DOMAIN, UNREGISTER_PAYLOAD_TYPE, Registration, sign_registration
 from rendezvous.settings import Limits

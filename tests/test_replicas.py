@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -63,5 +64,4 @@ async def test_register_on_one_replica_page_on_another_delete_on_the_first(redis
             assert peer_id(keys[0]) not in [p["ID"] for p in page["Peers"]] and len(page["Peers"]) == 6
         proc_one.terminate()
         lines = proc_one.communicate(timeout=10)[0].decode().splitlines()
-    import json
     assert lines and all(json.loads(line)["severity"] for line in lines)  # every log line is JSON
