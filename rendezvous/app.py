@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
 from aiohttp import web
 
 from rendezvous import api, metrics
@@ -74,15 +72,13 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
-def create_app(settings: Settings, client: Any = None) -> web.Application:
-    """The service; `client` replaces the Redis client made from settings (tests pass their own)."""
+def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[observe], client_max_size=settings.limits.max_body_bytes)
     app[api.SETTINGS] = settings
     app[api.COOKIES] = CookieCodec(settings.cookie_key)
 
     async def store_lifecycle(app: web.Application):
-        store = Store(client if client is not None else connect(settings), KeySchema(settings.key_prefix),
-                      settings.limits)
+        store = Store(connect(settings), KeySchema(settings.key_prefix), settings.limits)
         if settings.embedded:
             log.warning("store: embedded in-process store (fakeredis); registrations live only as long as this "
                         "process and are not shared with other replicas; set REDIS_URL for production")

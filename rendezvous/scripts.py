@@ -77,16 +77,15 @@ local out = {now, cursor, 0}
 local budget = limit * 4 + 100
 while #out - 3 < limit and budget > 0 do
   local want = math.min(limit - (#out - 3), budget)
-  local page = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, want)
-  if #page == 0 then break end
-  local members = {}
-  for i = 1, #page, 2 do members[#members + 1] = page[i] end
+  local members = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. cursor, '+inf', 'LIMIT', 0, want)
+  if #members == 0 then break end
   local records = redis.call('HMGET', KEYS[3], unpack(members))
   for i = 1, #records do
     local record = records[i]
     if record and tonumber(string.sub(record, 1, 13)) > now then out[#out + 1] = record end
   end
-  cursor = page[#page]
+  -- only the last member's score is needed: formatting every score costs more than the lookup
+  cursor = redis.call('ZSCORE', KEYS[2], members[#members])
   budget = budget - #members
 end
 out[2] = cursor

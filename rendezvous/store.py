@@ -6,7 +6,6 @@ discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -16,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from rendezvous import scripts
+from rendezvous.connection import RedisPyBackend, RespConnection
 from rendezvous.envelope import public_key_from_peer_id
 from rendezvous.errors import ApiError, ErrorCode
 from rendezvous.keys import KeySchema
@@ -43,33 +43,33 @@ class StoreUnavailable(ApiError):
                          retry_after=STORE_RETRY_AFTER_S)
 
 
-def connect(settings: Settings) -> Any:
-    """A client for REDIS_URL (a single node or a Cluster), or the embedded in-process store."""
-    timeouts = dict(socket_connect_timeout=2.0, socket_timeout=2.0)
+def connect(settings: Settings) -> RespConnection | RedisPyBackend:
+    """The connection for REDIS_URL (a single node or a Cluster), or the embedded in-process store."""
     if settings.embedded:
         import fakeredis  # only the embedded default needs it
 
-        return fakeredis.FakeAsyncRedis()
+        return RedisPyBackend(fakeredis.FakeAsyncRedis())
     if settings.redis_cluster:
-        return aioredis.RedisCluster.from_url(settings.redis_url, **timeouts)
-    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=15, **timeouts)
+        return RedisPyBackend(aioredis.RedisCluster.from_url(settings.redis_url, socket_connect_timeout=2.0,
+                                                             socket_timeout=2.0))
+    return RespConnection(settings.redis_url)
 
 
 class Store:
-    def __init__(self, client: Any, keys: KeySchema, limits: Limits):
-        self.client = client
+    def __init__(self, redis: RespConnection | RedisPyBackend, keys: KeySchema, limits: Limits):
+        self.redis = redis
         self.keys = keys
         self.limits = limits
         self._sha: dict[str, str] = {}
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.redis.aclose()
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
     async def load_scripts(self) -> None:
         for name, source in scripts.ALL.items():
-            self._sha[name] = await self.client.script_load(source)
+            self._sha[name] = await self.redis.script_load(source)
 
     async def _pipeline(self, build: Callable[["_Batch"], None]) -> list:
         """Run the commands `build` adds as one round trip; reload scripts once if Redis lost them."""
@@ -79,7 +79,7 @@ class Store:
                     await self.load_scripts()
                 batch = _Batch(self._sha)
                 build(batch)
-                results = await self._execute(batch.calls)
+                results = await self.redis.execute(batch.commands)
             except RedisError as exc:
                 raise self._unavailable(exc) from None
             failures = [r for r in results if isinstance(r, Exception)]
@@ -90,16 +90,6 @@ class Store:
                 continue
             raise self._unavailable(failures[0]) from None
         raise AssertionError("unreachable")
-
-    async def _execute(self, calls: list[tuple[str, tuple, dict]]) -> list:
-        if isinstance(self.client, aioredis.RedisCluster):
-            # redis-py refuses EVALSHA in Cluster pipelines; the calls go to their slots' nodes concurrently
-            return await asyncio.gather(*(getattr(self.client, method)(*args, **kwargs)
-                                          for method, args, kwargs in calls), return_exceptions=True)
-        pipe = self.client.pipeline(transaction=False)
-        for method, args, kwargs in calls:
-            getattr(pipe, method)(*args, **kwargs)
-        return await pipe.execute(raise_on_error=False)
 
     @staticmethod
     def _unavailable(exc: BaseException) -> ApiError:
@@ -124,7 +114,7 @@ class Store:
 
     async def ping(self) -> None:
         try:
-            await self.client.ping()
+            await self.redis.ping()
         except RedisError as exc:
             raise self._unavailable(exc) from None
 
@@ -150,7 +140,7 @@ class Store:
                 batch.script("register", ns.all(), public_key_from_peer_id(reg.peer_id), reg.stored_fragment(),
                              ttl_ms, self.limits.max_peers_per_namespace)
                 # an index for the live-peers metric only: this replica's clock is close enough for it
-                batch.call("zadd", self.keys.namespaces(), {reg.namespace: int(time.time() * 1000) + ttl_ms}, gt=True)
+                batch.call("ZADD", self.keys.namespaces(), "GT", int(time.time() * 1000) + ttl_ms, reg.namespace)
 
             [(stored, expiry, replaced), _] = await self._pipeline(write)
             if not stored:
@@ -179,7 +169,7 @@ class Store:
 
     async def _release(self, index_key: str, namespace: str) -> None:
         try:
-            await self.client.zrem(index_key, namespace)
+            await self.redis.execute([("ZREM", index_key, namespace)])
         except RedisError as exc:  # the stale entry expires with the TTL it was reserved for
             log.warning("store: could not release a refused registration's index entry: %s", exc)
 
@@ -224,7 +214,7 @@ class Store:
         member = public_key_from_peer_id(peer_id)
         index = self.keys.peer(peer_id).namespaces
         if namespace is None:
-            [names] = await self._pipeline(lambda batch: batch.call("zrange", index, 0, -1))
+            [names] = await self._pipeline(lambda batch: batch.call("ZRANGE", index, 0, -1))
             namespaces = [n.decode() for n in names]
         else:
             namespaces = [namespace]
@@ -234,38 +224,37 @@ class Store:
         def remove(batch):
             for name in namespaces:
                 batch.script("unregister", self.keys.namespace(name).all(), member)
-            batch.call("zrem", index, *namespaces)
+            batch.call("ZREM", index, *namespaces)
 
         *removed, _ = await self._pipeline(remove)
         return [name for name, was_live in zip(namespaces, removed) if was_live]
 
     async def live_peers(self) -> dict[str, int]:
         """Live registrations per namespace, for the metrics gauge (at most METRICS_MAX_NAMESPACES)."""
-        [(seconds, _)] = await self._pipeline(lambda batch: batch.call("time"))
-        now_ms = seconds * 1000
+        now_ms = int(time.time() * 1000)  # a gauge: this replica's clock is close enough
         [names] = await self._pipeline(lambda batch: batch.call(
-            "zrangebyscore", self.keys.namespaces(), f"({now_ms}", "+inf", start=0, num=METRICS_MAX_NAMESPACES))
+            "ZRANGEBYSCORE", self.keys.namespaces(), f"({now_ms}", "+inf", "LIMIT", 0, METRICS_MAX_NAMESPACES))
         if not names:
             return {}
 
         def count(batch):
             for name in names:
-                batch.call("zcount", self.keys.namespace(name.decode()).expiries, f"({now_ms}", "+inf")
+                batch.call("ZCOUNT", self.keys.namespace(name.decode()).expiries, f"({now_ms}", "+inf")
 
         counts = await self._pipeline(count)
         return {name.decode(): n for name, n in zip(names, counts)}
 
 
 class _Batch:
-    """The commands of one round trip, recorded so they can be replayed after a script reload."""
+    """The commands of one round trip, recorded so they can be sent again after a script reload."""
 
     def __init__(self, shas: dict[str, str]):
         self.shas = shas
-        self.calls: list[tuple[str, tuple, dict]] = []
+        self.commands: list[tuple] = []
 
     def script(self, name: str, keys: Iterable[str], *args: Any) -> None:
         keys = tuple(keys)
-        self.calls.append(("evalsha", (self.shas[name], len(keys), *keys, *args), {}))
+        self.commands.append(("EVALSHA", self.shas[name], len(keys), *keys, *args))
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        self.calls.append((method, args, kwargs))
+    def call(self, *command: Any) -> None:
+        self.commands.append(command)

@@ -124,9 +124,9 @@ def make_settings(redis_url: str | None, key_prefix: str = "hp", **limits) -> Se
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings, client=None):
+async def serve(settings: Settings):
     """The service in this process, behind a real HTTP server on a loopback port."""
-    async with TestClient(TestServer(create_app(settings, client))) as http:
+    async with TestClient(TestServer(create_app(settings))) as http:
         yield http
 
 

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from rendezvous.envelope import bytes_field, seal, varint_field
+from rendezvous.connection import RespConnection
 from rendezvous.keys import KeySchema
 from rendezvous.registration import DOMAIN, UNREGISTER_PAYLOAD_TYPE, Registration, sign_registration
 from rendezvous.settings import Limits
@@ -144,7 +145,7 @@ async def test_namespace_cap_refuses_newcomers_and_leaves_no_trace(redis_server,
 
 async def test_expired_registration_is_never_returned(redis_server, raw_redis, key_prefix):
     """Checked against Redis's own clock: no read that starts after the expiry may return the peer."""
-    store = Store(raw_redis, KeySchema(key_prefix), Limits(ttl_min=1, rate_limit_ip_per_minute=10**6))
+    store = Store(RespConnection(redis_server.url), KeySchema(key_prefix), Limits(ttl_min=1, rate_limit_ip_per_minute=10**6))
     key = new_key()
     reg = Registration(peer_id(key), "brief", (), 1, "nonce-nonce-nonce-0", None)
     expiry, _ = await store.register(reg, "127.0.0.1")

@@ -1,0 +1,197 @@
+"""How the store reaches Redis: a batch of raw commands in, their replies out, in one round trip.
+
+- `RespConnection`, for a single Redis node (Memorystore for Redis): one connection on which every
+  concurrent request's commands are pipelined as they come, with hiredis parsing the replies. redis-py
+  spends several times the CPU per call (connection-pool checkout, a task per pipeline, Python-side
+  command packing: see the README's figures), and this is the service's hot path.
+- `RedisPyBackend` wraps a redis-py client: a Redis Cluster (slot routing) or the embedded fakeredis store.
+
+Both raise redis-py's exception types, so the store handles every fault one way.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+from typing import Any, Sequence
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+
+log = logging.getLogger(__name__)
+
+Command = Sequence[Any]  # ("EVALSHA", sha, 3, key, ...): str, bytes and int arguments
+
+
+def _encode(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, int):
+        return b"%d" % arg
+    raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+
+
+def pack(commands: Sequence[Command]) -> bytes:
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = _encode(arg)
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _as_exception(reply: Any) -> Any:
+    if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+        return NoScriptError(str(reply))
+    return reply
+
+
+class _Protocol(asyncio.Protocol):
+    """Matches replies to batches in the order the batches were written (Redis answers in order)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.waiting: collections.deque[tuple[asyncio.Future, int, list]] = collections.deque()
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            future, expected, replies = self.waiting[0]
+            replies.append(_as_exception(reply))
+            if len(replies) == expected:
+                self.waiting.popleft()
+                if not future.done():
+                    future.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        error = ConnectionError(f"connection to Redis lost ({exc or 'closed'})")
+        while self.waiting:
+            future = self.waiting.popleft()[0]
+            if not future.done():
+                future.set_exception(error)
+
+    def send(self, commands: Sequence[Command]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((future, len(commands), []))
+        self.transport.write(pack(commands))
+        return future
+
+
+class RespConnection:
+    """A single-node Redis client that reconnects by itself after a fault."""
+
+    def __init__(self, url: str, timeout: float = 2.0):
+        self.options = parse_url(url)
+        self.timeout = timeout
+        self._protocol: _Protocol | None = None
+        self._connecting = asyncio.Lock()
+
+    async def execute(self, commands: Sequence[Command]) -> list:
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await protocol.send(commands)
+        except TimeoutError:
+            # the connection's replies can no longer be matched to requests: drop it
+            protocol.transport.close()
+            raise TimeoutError(f"Redis did not answer within {self.timeout} s") from None
+
+    async def _connect(self) -> _Protocol:
+        async with self._connecting:
+            if self._protocol is not None and not self._protocol.lost:
+                return self._protocol
+            try:
+                async with asyncio.timeout(self.timeout):
+                    protocol = await self._open()
+                    await self._handshake(protocol)
+            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+                raise ConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from None
+            self._protocol = protocol
+            return protocol
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        options = self.options
+        if options.get("connection_class") is UnixDomainSocketConnection:
+            _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+        else:
+            context = self._tls_context() if options.get("connection_class") is SSLConnection else None
+            _, protocol = await loop.create_connection(_Protocol, options.get("host", "localhost"),
+                                                       options.get("port", 6379), ssl=context)
+        return protocol
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.options.get("ssl_ca_certs"))
+        if self.options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif self.options.get("ssl_check_hostname") in (False, "false", "False"):
+            context.check_hostname = False  # Memorystore's certificate names no hostname we dial by IP
+        return context
+
+    async def _handshake(self, protocol: _Protocol) -> None:
+        commands: list[Command] = []
+        if self.options.get("password"):
+            user = self.options.get("username")
+            commands.append(("AUTH", user, self.options["password"]) if user else ("AUTH", self.options["password"]))
+        if self.options.get("db"):
+            commands.append(("SELECT", self.options["db"]))
+        if commands:
+            for reply in await protocol.send(commands):
+                if isinstance(reply, Exception):
+                    protocol.transport.close()
+                    raise ConnectionError(f"Redis refused the connection set-up: {reply}")
+
+    async def script_load(self, source: str) -> str:
+        [sha] = await self.execute([("SCRIPT", "LOAD", source)])
+        if isinstance(sha, Exception):
+            raise sha
+        return sha.decode()
+
+    async def ping(self) -> None:
+        [reply] = await self.execute([("PING",)])
+        if isinstance(reply, Exception):
+            raise reply
+
+    async def aclose(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+
+
+class RedisPyBackend:
+    """The same interface over a redis-py client: a RedisCluster, or fakeredis for the embedded store."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.cluster = hasattr(client, "get_node_from_key")
+
+    async def execute(self, commands: Sequence[Command]) -> list:
+        if self.cluster:
+            # redis-py refuses EVALSHA in Cluster pipelines; each command goes to its slot's node, concurrently
+            return await asyncio.gather(*(self.client.execute_command(*c) for c in commands), return_exceptions=True)
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    async def script_load(self, source: str) -> str:
+        return await self.client.script_load(source)  # on a Cluster: every primary
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
