@@ -91,11 +91,18 @@ class _Protocol(asyncio.Protocol):
 class RespConnection:
     """A single-node Redis client that reconnects by itself after a fault."""
 
+    RECONNECT_BACKOFF_MIN = 0.05
+    RECONNECT_BACKOFF_MAX = 5.0
+
     def __init__(self, url: str, timeout: float = 2.0):
         self.options = parse_url(url)
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
+        # after a failed connect, requests fail at once until the backoff passes, instead of each one
+        # waiting on a dead address in turn
+        self._backoff = 0.0
+        self._next_attempt = 0.0
 
     async def execute(self, commands: Sequence[Command]) -> list:
         protocol = self._protocol
@@ -110,6 +117,9 @@ class RespConnection:
             raise TimeoutError(f"Redis did not answer within {self.timeout} s") from None
 
     async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_attempt:
+            raise ConnectionError(f"Redis unreachable; next connection attempt in {self._next_attempt - loop.time():.2f} s")
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol
@@ -117,8 +127,14 @@ class RespConnection:
                 async with asyncio.timeout(self.timeout):
                     protocol = await self._open()
                     await self._handshake(protocol)
-            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+                self._backoff = min(max(self._backoff * 2, self.RECONNECT_BACKOFF_MIN), self.RECONNECT_BACKOFF_MAX)
+                self._next_attempt = loop.time() + self._backoff
+                log.warning("redis: cannot connect (%s); retrying in %.2f s", exc or type(exc).__name__, self._backoff)
                 raise ConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from None
+            if self._backoff:
+                log.info("redis: connected again")
+            self._backoff = 0.0
             self._protocol = protocol
             return protocol
 

@@ -8,6 +8,15 @@ from tests.conftest import RedisServer, make_settings, serve
 from tests.helpers import new_key, peer_id
 
 
+async def wait_until_ready(http, seconds: float = 15) -> None:
+    """Poll /readyz as a load balancer would; the service reconnects with backoff."""
+    for _ in range(int(seconds * 10)):
+        if (await http.get("/readyz")).status == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the service did not become ready within {seconds} s of Redis coming back")
+
+
 async def test_redis_down_gives_503_and_service_recovers_when_it_returns(key_prefix):
     server = RedisServer().start()
     try:
@@ -25,10 +34,7 @@ async def test_redis_down_gives_503_and_service_recovers_when_it_returns(key_pre
             assert (await http.get("/metrics")).status == 200
             # a fresh redis-server on the same port: empty, and without our Lua scripts loaded
             server.start()
-            for _ in range(50):
-                if (await http.get("/readyz")).status == 200:
-                    break
-                await asyncio.sleep(0.1)
+            await wait_until_ready(http)
             again = await http.post("/peers", data=sign_registration(key, "default", [], 60))
             assert again.status == 201, await again.text()
             page = await (await http.get("/peers")).json()
@@ -44,6 +50,7 @@ async def test_service_starts_while_redis_is_down(key_prefix):
         assert (await http.get("/readyz")).status == 503
         server.start()
         try:
+            await wait_until_ready(http)
             response = await http.post("/peers", data=sign_registration(new_key(), "default", [], 60))
             assert response.status == 201, await response.text()
         finally:
