@@ -91,8 +91,10 @@ async def fill(redis_url: str, namespace: str, count: int) -> None:
 
     async def worker(start: int) -> None:
         for i in range(start, count, 64):
-            peer = peer_id_from_public_key(os.urandom(32))
-            await store.register(Registration(peer, namespace, ADDRS, 3600, f"fill-nonce-{i:010d}", None), "10.9.9.9")
+            key = os.urandom(32)
+            registration = Registration(peer_id_from_public_key(key), key, namespace, ADDRS, 3600,
+                                        f"fill-nonce-{i:010d}", None)
+            await store.register(registration, "10.9.9.9")
 
     await asyncio.gather(*(worker(start) for start in range(64)))
     await store.close()

@@ -49,6 +49,7 @@ def check_namespace(namespace: object) -> str:
 @dataclasses.dataclass(frozen=True)
 class Registration:
     peer_id: str
+    public_key: bytes  # the 32-byte Ed25519 key: the member the store keys the peer by
     namespace: str
     addrs: tuple[str, ...]
     ttl: int
@@ -112,7 +113,7 @@ def parse_registration(body: bytes, limits: Limits, default_namespace: str) -> R
     record = payload.get("record")
     if record is not None:
         record = _check_record(record, envelope.public_key)
-    return Registration(envelope.peer_id, namespace, addrs, ttl, payload["nonce"], record)
+    return Registration(envelope.peer_id, envelope.public_key, namespace, addrs, ttl, payload["nonce"], record)
 
 
 def parse_unregistration(body: bytes, limits: Limits) -> Unregistration:

@@ -137,7 +137,7 @@ class Store:
             ns = self.keys.namespace(reg.namespace)
 
             def write(batch):
-                batch.script("register", ns.all(), public_key_from_peer_id(reg.peer_id), reg.stored_fragment(),
+                batch.script("register", ns.all(), reg.public_key, reg.stored_fragment(),
                              ttl_ms, self.limits.max_peers_per_namespace)
                 # an index for the live-peers metric only: this replica's clock is close enough for it
                 batch.call("ZADD", self.keys.namespaces(), "GT", int(time.time() * 1000) + ttl_ms, reg.namespace)

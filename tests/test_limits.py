@@ -147,7 +147,7 @@ async def test_expired_registration_is_never_returned(redis_server, raw_redis, k
     """Checked against Redis's own clock: no read that starts after the expiry may return the peer."""
     store = Store(RespConnection(redis_server.url), KeySchema(key_prefix), Limits(ttl_min=1, rate_limit_ip_per_minute=10**6))
     key = new_key()
-    reg = Registration(peer_id(key), "brief", (), 1, "nonce-nonce-nonce-0", None)
+    reg = Registration(peer_id(key), bytes(key.verify_key), "brief", (), 1, "nonce-nonce-nonce-0", None)
     expiry, _ = await store.register(reg, "127.0.0.1")
     seen_after_expiry, reads = [], 0
     while True:
