@@ -1,0 +1,8 @@
+"""The relay's Prometheus metrics, named relay_<thing>_<unit>."""
+from prometheus_client import Counter, Gauge
+
+RESERVATIONS_ACTIVE = Gauge("relay_reservations_active", "Reservations currently held")
+RESERVATIONS = Counter("relay_reservations_total", "Reservation requests, by outcome (accepted, refused)",
+                       ["outcome", "reason"])
+CIRCUITS = Counter("relay_circuits_total", "Relayed connection requests, by outcome", ["outcome"])
+CONNECTED_PEERS = Gauge("relay_connected_peers", "Peers holding a connection to the relay")

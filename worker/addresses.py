@@ -1,0 +1,78 @@
+"""What a node tells the rendezvous about where it can be reached.
+
+Three sources: its listen addresses (a wildcard listen expanded to the machine's interface addresses),
+its relay reservations (`<relay>/p2p-circuit`), and the public address a relay observed for it, with the
+port predicted from the TCP listen port (NATs that preserve ports map the hole-punch dial, which leaves
+from the listen port, to that port).
+"""
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+
+from libp2p.abc import IHost
+
+from worker.host import is_relayed
+
+_SIOCGIFADDR = 0x8915
+
+
+def interface_ipv4s() -> list[str]:
+    """The machine's IPv4 interface addresses, loopback last (Linux)."""
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue  # an interface without an IPv4 address
+            found.append(socket.inet_ntoa(packed[20:24]))
+    return sorted(set(found), key=lambda ip: (ipaddress.ip_address(ip).is_loopback, ip))
+
+
+def listen_addrs(host: IHost) -> list[str]:
+    """Listen addresses without the /p2p suffix, wildcards expanded (loopback only if nothing else)."""
+    out: list[str] = []
+    for addr in host.get_transport_addrs():
+        text = str(addr)
+        if is_relayed(text):
+            continue
+        if text.startswith("/ip4/0.0.0.0/"):
+            ips = interface_ipv4s()
+            non_loopback = [ip for ip in ips if not ipaddress.ip_address(ip).is_loopback]
+            out.extend(text.replace("/0.0.0.0/", f"/{ip}/", 1) for ip in (non_loopback or ips))
+        elif not text.startswith("/ip6/::/"):
+            out.append(text)
+    return out
+
+
+def observed_public_addrs(host: IHost) -> list[str]:
+    """Public IPs that peers (in practice, the relay) saw us at, with our TCP listen port."""
+    manager = getattr(host, "_observed_addr_manager", None)
+    if manager is None:
+        return []
+    tcp_ports = [addr.value_for_protocol("tcp") for addr in host.get_transport_addrs()
+                 if "/tcp/" in str(addr) and "/ws" not in str(addr) and not is_relayed(addr)]
+    out = []
+    for observed in manager.addrs(min_observers=1):
+        try:
+            ip = observed.value_for_protocol("ip4")
+        except Exception:
+            continue
+        if ip and ipaddress.ip_address(ip).is_global or _is_test_public(ip):
+            out.extend(f"/ip4/{ip}/tcp/{port}" for port in tcp_ports)
+    return out
+
+
+def _is_test_public(ip: str | None) -> bool:
+    # The documentation ranges (RFC 5737) stand in for the public internet in our network-namespace NAT
+    # tests; `is_global` calls them reserved.
+    return ip is not None and any(ipaddress.ip_address(ip) in ipaddress.ip_network(net)
+                                  for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+
+
+def own_addrs(host: IHost, circuit_addrs: list[str], announce: tuple[str, ...] = ()) -> list[str]:
+    ordered = list(announce) + observed_public_addrs(host) + listen_addrs(host) + circuit_addrs
+    return list(dict.fromkeys(ordered))

@@ -1,0 +1,287 @@
+"""The worker: one libp2p host and the tasks that keep it registered, reserved at relays and connected.
+
+Every task lives in one nursery owned by `Worker.run`; cancelling it stops them all. On SIGTERM (Cloud Run
+sends it before stopping a container) the worker unregisters before it exits.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+
+import multiaddr
+import trio
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.relay.circuit_v2 import PROTOCOL_ID as HOP_PROTOCOL
+from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.tools.anyio_service import background_trio_service
+
+from worker import echo, httpd, metrics
+from worker.addresses import own_addrs
+from worker.backoff import Backoff
+from worker.connector import Connector, PeerPath, Timeouts
+from worker.holepunch import HolePuncher, connection_kinds
+from worker.host import build_host, running, is_relayed
+from worker.identity import Identity
+from worker.rendezvous_client import PeerEntry, RendezvousClient, RendezvousError
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("worker")
+
+MAX_RELAYS = 2
+MAX_CONCURRENT_CONNECTS = 16
+UNREGISTER_TIMEOUT = 5.0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, identity: Identity):
+        self.settings = settings
+        self.identity = identity
+        self.host = build_host(identity, settings.listen)
+        # STOP role: accept connections relayed to us; the CLIENT side (dial, reserve) is the transport.
+        self.circuit = CircuitV2Protocol(self.host, allow_hop=False)
+        self.relay_transport = CircuitV2Transport(self.host, self.circuit,
+                                                  RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
+        self.puncher = HolePuncher(self.host, dial_timeout=3) if settings.holepunch else None
+        self.connector = Connector(self.host, self.relay_transport, self.puncher,
+                                   Timeouts(settings.direct_dial_timeout, settings.relay_dial_timeout,
+                                            settings.holepunch_timeout))
+        self.rendezvous = RendezvousClient(settings.rendezvous_url, identity)
+        self.peers: dict[str, PeerPath] = {}
+        self.relays: dict[str, str] = {}  # relay peer ID -> our circuit address through it
+        self.registered_addrs: list[str] = []
+        self.http_port: int | None = None
+        self._busy: set[str] = set()
+        self._connect_slots = trio.Semaphore(MAX_CONCURRENT_CONNECTS)
+        self._relay_backoff: dict[str, tuple[Backoff, float]] = {}
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.identity.peer_id)
+
+    async def run(self, *, handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with running(self.host, self.settings.listen), background_trio_service(self.circuit), trio.open_nursery() as nursery:
+            if self.puncher is not None:
+                await nursery.start(self._run_service, self.puncher)
+            self.host.set_stream_handler(echo.PROTOCOL, echo.serve)
+            if self.settings.port is not None:
+                self.http_port = await nursery.start(httpd.serve, self.settings.http_host, self.settings.port,
+                                                     self.routes())
+            log.info("worker started", extra={"peer": self.peer_id, "listen": [str(a) for a in self.host.get_addrs()],
+                                              "namespace": self.settings.namespace,
+                                              "rendezvous": self.settings.rendezvous_url})
+            nursery.start_soon(self._keep_relays, nursery)
+            nursery.start_soon(self._keep_registered)
+            nursery.start_soon(self._keep_connected, nursery)
+            if handle_signals:
+                nursery.start_soon(self._stop_on_signal, nursery.cancel_scope)
+            task_status.started(self)
+        await self.rendezvous.aclose()
+
+    @staticmethod
+    async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with background_trio_service(service):
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _stop_on_signal(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("stopping: unregistering first", extra={"signal": signal.Signals(signum).name})
+                break
+        await self.unregister()
+        scope.cancel()
+
+    async def unregister(self) -> None:
+        with trio.move_on_after(UNREGISTER_TIMEOUT) as scope:
+            try:
+                await self.rendezvous.unregister(self.settings.namespace)
+                log.info("unregistered", extra={"namespace": self.settings.namespace})
+            except RendezvousError as exc:
+                log.warning("could not unregister; the registration will expire with its TTL",
+                            extra={"error": str(exc)})
+        if scope.cancelled_caught:
+            log.warning("unregistering timed out; the registration will expire with its TTL")
+
+    # --- registration -------------------------------------------------------------------------------
+
+    def current_addrs(self) -> list[str]:
+        return own_addrs(self.host, list(self.relays.values()), self.settings.announce)
+
+    async def _keep_registered(self) -> None:
+        """Register, refresh at half the TTL, and re-register at once when our addresses change."""
+        backoff = Backoff()
+        refresh_at = next_try = 0.0
+        while True:
+            now = time.monotonic()
+            addrs = self.current_addrs()
+            due = now >= refresh_at or addrs != self.registered_addrs
+            if due and now >= next_try and addrs:
+                try:
+                    answer = await self.rendezvous.register(self.settings.namespace, addrs, self.settings.ttl)
+                except RendezvousError as exc:
+                    delay = backoff.next_delay(exc.retry_after)
+                    if not exc.retryable:
+                        delay = max(delay, 30.0)  # our request is wrong; do not hammer the service with it
+                    next_try = time.monotonic() + delay
+                    metrics.REGISTRATIONS.labels("error").inc()
+                    log.warning(f"registration failed: {exc}; retrying in {delay:.1f} s",
+                                extra={"status": exc.status, "code": exc.code, "retry_in": round(delay, 2)})
+                else:
+                    changed = addrs != self.registered_addrs
+                    self.registered_addrs = addrs
+                    refresh_at = time.monotonic() + answer.ttl / 2
+                    backoff.reset()
+                    metrics.REGISTRATIONS.labels("ok").inc()
+                    log.log(logging.INFO if changed else logging.DEBUG, "registered",
+                            extra={"namespace": self.settings.namespace, "addrs": addrs, "ttl": answer.ttl})
+            await trio.sleep(0.25)
+
+    # --- relays --------------------------------------------------------------------------------------
+
+    async def _keep_relays(self, nursery: trio.Nursery) -> None:
+        """Hold reservations with up to MAX_RELAYS relays: the bootstrap ones, then those registered."""
+        while True:
+            for relay_id in list(self.relays):
+                if not connection_kinds(self.host, ID.from_base58(relay_id)):
+                    log.warning("lost the connection to a relay; reserving again", extra={"relay": relay_id})
+                    del self.relays[relay_id]
+            if len(self.relays) < MAX_RELAYS:
+                for addr in await self._relay_candidates():
+                    if len(self.relays) >= MAX_RELAYS:
+                        break
+                    await self._try_reserve(addr, nursery)
+            metrics.RELAY_RESERVATIONS.set(len(self.relays))
+            await trio.sleep(self.settings.discover_interval)
+
+    async def _relay_candidates(self) -> list[str]:
+        candidates = list(self.settings.relay)
+        try:
+            for entry in await self.rendezvous.discover(self.settings.relay_namespace):
+                candidates.extend(f"{a}/p2p/{entry.peer_id}" for a in entry.addrs
+                                  if not is_relayed(a) and "/p2p/" not in a and "/ws" not in a)
+        except RendezvousError as exc:
+            log.debug("could not list relays at the rendezvous", extra={"error": str(exc)})
+        return list(dict.fromkeys(candidates))
+
+    async def _try_reserve(self, addr: str, nursery: trio.Nursery) -> None:
+        maddr = multiaddr.Multiaddr(addr)
+        relay_id = ID.from_base58(maddr.get_peer_id())
+        key = str(relay_id)
+        if key in self.relays or key == self.peer_id:
+            return
+        backoff, not_before = self._relay_backoff.get(key, (Backoff(2.0, 120.0), 0.0))
+        if time.monotonic() < not_before:
+            return
+        try:
+            with trio.fail_after(self.settings.relay_dial_timeout):
+                await self.host.connect(PeerInfo(relay_id, [maddr]))
+                stream = await self.host.new_stream(relay_id, [HOP_PROTOCOL])
+                reserved = await self.relay_transport.reserve(stream, relay_id, nursery)
+                await stream.close()
+            if not reserved:
+                raise ConnectionError("the relay refused the reservation")
+        except Exception as exc:
+            delay = backoff.next_delay()
+            self._relay_backoff[key] = (backoff, time.monotonic() + delay)
+            log.warning(f"holepunch: no reservation at relay {addr}: {exc}; retrying in {delay:.1f} s",
+                        extra={"event": "reservation_failed", "relay": addr, "error": repr(exc)})
+            return
+        self._relay_backoff.pop(key, None)
+        base = addr if not addr.endswith(f"/p2p/{relay_id}") else addr[: -len(f"/p2p/{relay_id}")]
+        self.relays[key] = f"{base}/p2p/{relay_id}/p2p-circuit"
+        log.info(f"holepunch: reserved a slot at relay {addr}",
+                 extra={"event": "reserved", "relay": addr, "circuit": self.relays[key]})
+
+    # --- discovery and connections -------------------------------------------------------------------
+
+    async def _keep_connected(self, nursery: trio.Nursery) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                entries = await self.rendezvous.discover(self.settings.namespace)
+            except RendezvousError as exc:
+                delay = backoff.next_delay(exc.retry_after)
+                log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s", extra={"retry_in": round(delay, 2)})
+                await trio.sleep(delay)
+                continue
+            backoff.reset()
+            others = [e for e in entries if e.peer_id != self.peer_id]
+            metrics.DISCOVERED_PEERS.set(len(others))
+            for entry in self._choose(others):
+                if entry.peer_id not in self._busy:
+                    self._busy.add(entry.peer_id)
+                    nursery.start_soon(self._tend_peer, entry)
+            self._count_paths()
+            await trio.sleep(self.settings.discover_interval)
+
+    def _choose(self, entries: list[PeerEntry]) -> list[PeerEntry]:
+        """The connect policy: all, or N at random, keeping the peers we are already connected to."""
+        if self.settings.connect is None:
+            return entries
+        held = [e for e in entries if e.peer_id in self.peers and self.peers[e.peer_id].connected]
+        rest = [e for e in entries if e not in held]
+        room = max(0, self.settings.connect - len(held))
+        return held[: self.settings.connect] + random.sample(rest, min(room, len(rest)))
+
+    async def _tend_peer(self, entry: PeerEntry) -> None:
+        """Connect to one peer, or check that its connection still carries our echo."""
+        try:
+            record = self.peers.setdefault(entry.peer_id, PeerPath(entry.peer_id))
+            if record.connected:
+                await self._check_alive(entry, record)
+            elif time.monotonic() >= record.retry_at:
+                async with self._connect_slots:
+                    await self._yield_to_lower_id(entry)
+                    await self.connector.connect(entry, record)
+        finally:
+            self._busy.discard(entry.peer_id)
+
+    async def _yield_to_lower_id(self, entry: PeerEntry) -> None:
+        # When two workers discover each other at once, both would dial and end with two connections (and
+        # two hole punches). The peer with the lower ID dials; the other waits long enough for that dial to
+        # reach it, and dials itself only if it did not.
+        if entry.peer_id < self.peer_id:
+            return
+        budget = self.settings.direct_dial_timeout + self.settings.relay_dial_timeout + 1.0
+        peer = ID.from_base58(entry.peer_id)
+        with trio.move_on_after(budget):
+            while not connection_kinds(self.host, peer):
+                await trio.sleep(0.05)
+
+    async def _check_alive(self, entry: PeerEntry, record: PeerPath) -> None:
+        peer = ID.from_base58(entry.peer_id)
+        kinds = connection_kinds(self.host, peer)
+        if record.path == "relayed" and "direct" in kinds:
+            record.path = "hole-punched"  # the peer's DCUtR got through later
+        try:
+            if not kinds:
+                raise ConnectionError("no connection is left")
+            await self.connector.prove(peer, record)
+        except Exception as exc:
+            record.path, record.error, record.retry_at = "failed", f"lost: {exc!r}", 0.0
+            log.warning(f"holepunch: lost the connection to {entry.peer_id}; reconnecting",
+                        extra={"event": "lost", "peer": entry.peer_id, "error": repr(exc)})
+
+    def _count_paths(self) -> None:
+        for path in ("direct", "relayed", "hole-punched"):
+            metrics.CONNECTED_PEERS.labels(path).set(sum(1 for r in self.peers.values() if r.path == path))
+
+    # --- HTTP endpoints ------------------------------------------------------------------------------
+
+    def routes(self) -> dict:
+        return {"/healthz": lambda: httpd.json_reply({"status": "ok"}),
+                "/status": lambda: httpd.json_reply(self.status()),
+                "/metrics": httpd.metrics_reply}
+
+    def status(self) -> dict:
+        counts: dict[str, int] = {}
+        for record in self.peers.values():
+            counts[record.path] = counts.get(record.path, 0) + 1
+        return {"peer_id": self.peer_id, "namespace": self.settings.namespace,
+                "rendezvous": self.settings.rendezvous_url, "registered_addrs": self.registered_addrs,
+                "relays": self.relays, "paths": counts,
+                "peers": [r.as_json() for r in sorted(self.peers.values(), key=lambda r: r.peer_id)]}

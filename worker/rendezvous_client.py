@@ -1,0 +1,138 @@
+"""The worker's side of the rendezvous HTTP API: signed register and unregister, and paged discovery.
+
+Runs under trio (httpx over anyio). Every failure becomes a RendezvousError carrying what the caller needs
+to back off: whether to retry at all, and the server's Retry-After when it sent one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import httpx
+
+from rendezvous.registration import sign_registration, sign_unregistration
+from worker.identity import Identity
+
+log = logging.getLogger("worker.rendezvous")
+PAGE_LIMIT = 100
+MAX_PAGES = 1000  # a server that never says "no more" must not keep us paging forever
+
+
+class RendezvousError(Exception):
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Network faults, 429 and 5xx pass; a 4xx means our request is wrong and resending will not help."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerEntry:
+    peer_id: str
+    addrs: tuple[str, ...]
+    ttl: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Registered:
+    ttl: int
+    created: bool
+
+
+class RendezvousClient:
+    def __init__(self, base_url: str, identity: Identity, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                      headers={"User-Agent": "holepunch-services-worker"})
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def register(self, namespace: str, addrs: list[str], ttl: int) -> Registered:
+        body = sign_registration(self.identity.signing_key, namespace, addrs, ttl)
+        response = await self._send("POST", "/peers", content=body,
+                                    headers={"Content-Type": "application/octet-stream"})
+        answer = _json(response)
+        return Registered(ttl=int(answer.get("TTL", ttl)), created=response.status_code == 201)
+
+    async def unregister(self, namespace: str) -> None:
+        body = sign_unregistration(self.identity.signing_key, namespace)
+        try:
+            await self._send("DELETE", f"/peers/{self.identity.peer_id}", content=body)
+        except RendezvousError as exc:
+            if exc.status != 404:  # 404: nothing live to remove, which is what we wanted
+                raise
+
+    async def discover(self, namespace: str) -> list[PeerEntry]:
+        """Every live registration in `namespace`, all pages."""
+        peers: dict[str, PeerEntry] = {}
+        cookie: str | None = None
+        for _ in range(MAX_PAGES):
+            params = {"namespace": namespace, "limit": str(PAGE_LIMIT)}
+            if cookie:
+                params["cookie"] = cookie
+            answer = _json(await self._send("GET", "/peers", params=params))
+            for item in answer.get("Peers", []):
+                entry = _peer_entry(item)
+                if entry is not None:
+                    peers[entry.peer_id] = entry
+            cookie = answer.get("Cookie")
+            if not answer.get("More") or not cookie:
+                break
+        return list(peers.values())
+
+    async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RendezvousError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+        if response.status_code < 400:
+            return response
+        code, message = None, response.text[:200]
+        try:
+            error = response.json()
+            code, message = error.get("error"), error.get("message", message)
+        except ValueError:
+            pass
+        raise RendezvousError(f"{method} {path} answered {response.status_code} {code or ''}: {message}",
+                              status=response.status_code, code=code,
+                              retry_after=_retry_after(response.headers.get("Retry-After")))
+
+
+def _json(response: httpx.Response) -> dict:
+    try:
+        answer = response.json()
+    except ValueError:
+        raise RendezvousError(f"the rendezvous answered {response.status_code} with a body that is not JSON",
+                              status=response.status_code) from None
+    if not isinstance(answer, dict):
+        raise RendezvousError("the rendezvous answered with JSON that is not an object", status=response.status_code)
+    return answer
+
+
+def _peer_entry(item: object) -> PeerEntry | None:
+    """A discovered peer, or None (logged) when the server sent something malformed."""
+    try:
+        peer_id, addrs, ttl = item["ID"], item["Addrs"], item.get("TTL", 0)  # type: ignore[index,union-attr]
+        if not isinstance(peer_id, str) or not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
+            raise TypeError("ID must be a string and Addrs a list of strings")
+        return PeerEntry(peer_id, tuple(addrs), int(ttl))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("rendezvous: skipping a malformed peer entry", extra={"error": str(exc),
+                                                                         "entry": json.dumps(item, default=str)[:200]})
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

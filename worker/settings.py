@@ -1,0 +1,108 @@
+"""The worker's configuration: every option a flag and an environment variable (worker --help)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import multiaddr
+
+from rendezvous.registration import namespace_problem
+from worker.host import ListenPlan
+from worker.options import (Option, OptionError, boolean, comma_list, parse_options, port_or_off, positive_float,
+                            positive_int)
+
+
+def namespace(text: str) -> str:
+    problem = namespace_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+def multiaddrs(text: str) -> tuple[str, ...]:
+    addrs = comma_list(text)
+    for addr in addrs:
+        try:
+            multiaddr.Multiaddr(addr)
+        except Exception as exc:
+            raise ValueError(f"{addr!r} is not a multiaddr ({exc})") from None
+    return addrs
+
+
+def connect_policy(text: str) -> int | None:
+    """'all' -> None; a number N -> N peers chosen at random."""
+    if text.strip().lower() == "all":
+        return None
+    return positive_int(text)
+
+
+def http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+OPTIONS = [
+    Option("--rendezvous-url", "RENDEZVOUS_SERVICE_URL", http_url, "http://127.0.0.1:8080",
+           "base URL of the rendezvous HTTP service"),
+    Option("--namespace", "NAMESPACE", namespace, "default", "namespace to register in and discover"),
+    Option("--relay-namespace", "RELAY_NAMESPACE", namespace, "relays",
+           "namespace where relays register themselves; the worker reserves a slot with those it finds"),
+    Option("--relay", "LIBP2P_RELAY_BOOTSTRAP", multiaddrs, "",
+           "comma-separated multiaddrs (with /p2p/<id>) of circuit relays to reserve a slot with"),
+    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file"),
+    Option("--identity-file", "IDENTITY_FILE", str, "~/.local/state/holepunch-services/worker.key",
+           "file holding the identity seed; created with a new one when missing"),
+    Option("--listen-host", "LISTEN_HOST", str, "0.0.0.0", "address the libp2p transports listen on"),
+    Option("--tcp-port", "TCP_PORT", port_or_off, "4001", "libp2p TCP port (0: any free port, off: none)"),
+    Option("--ws-port", "WS_PORT", port_or_off, "4002", "libp2p WebSocket port, separate from TCP (off: none)"),
+    Option("--quic-port", "QUIC_PORT", port_or_off, "off", "libp2p QUIC (UDP) port; off on Cloud Run, which blocks UDP"),
+    Option("--announce", "ANNOUNCE_ADDRS", multiaddrs, "",
+           "comma-separated extra multiaddrs to register (a known public address)"),
+    Option("--http-host", "HTTP_HOST", str, "0.0.0.0", "address of the /status, /metrics and /healthz endpoints"),
+    Option("--port", "PORT", port_or_off, "8081", "port of the /status, /metrics and /healthz endpoints"),
+    Option("--ttl", "REGISTRATION_TTL", positive_int, "120", "registration TTL in seconds; refreshed at half of it"),
+    Option("--discover-interval", "DISCOVER_INTERVAL", positive_float, "5",
+           "seconds between discovery rounds (also the echo and liveness check of connected peers)"),
+    Option("--connect", "CONNECT_POLICY", connect_policy, "all", "which discovered peers to connect to: all, or N at random"),
+    Option("--direct-dial-timeout", "DIRECT_DIAL_TIMEOUT", positive_float, "2",
+           "seconds allowed for the first, direct dial before going through a relay"),
+    Option("--relay-dial-timeout", "RELAY_DIAL_TIMEOUT", positive_float, "5", "seconds allowed for a dial through a relay"),
+    Option("--holepunch-timeout", "HOLEPUNCH_TIMEOUT", positive_float, "10",
+           "seconds allowed for a DCUtR upgrade of a relayed connection (the library makes up to 3 attempts)"),
+    Option("--holepunch", "HOLEPUNCH", boolean, "true", "upgrade relayed connections to direct ones with DCUtR"),
+    Option("--log-level", "LOG_LEVEL", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    rendezvous_url: str
+    namespace: str
+    relay_namespace: str
+    relay: tuple[str, ...]
+    identity_key: str | None
+    identity_file: str | None
+    listen: ListenPlan
+    announce: tuple[str, ...]
+    http_host: str
+    port: int | None
+    ttl: int
+    discover_interval: float
+    connect: int | None
+    direct_dial_timeout: float
+    relay_dial_timeout: float
+    holepunch_timeout: float
+    holepunch: bool
+    log_level: str
+
+    @classmethod
+    def parse(cls, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> "WorkerSettings":
+        values = parse_options("worker", "A libp2p peer that registers at the rendezvous, discovers the peers "
+                               "of its namespace and connects to them: directly, through a relay, or "
+                               "hole-punched.", OPTIONS, argv, environ)
+        if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise OptionError(f"--log-level / LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR (got {values['log_level']!r})")
+        listen = ListenPlan(values.pop("listen_host"), values.pop("tcp_port"), values.pop("ws_port"),
+                            values.pop("quic_port"))
+        return cls(listen=listen, **values)
