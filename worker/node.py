@@ -261,6 +261,9 @@ class Worker:
             if not kinds:
                 raise ConnectionError("no connection is left")
             await self.connector.prove(peer, record)
+            log.debug(f"holepunch: echo with {entry.peer_id} over {record.over} in {record.rtt_ms} ms",
+                      extra={"event": "echo", "peer": entry.peer_id, "path": record.path, "over": record.over,
+                             "rtt_ms": record.rtt_ms})
         except Exception as exc:
             record.path, record.error, record.retry_at = "failed", f"lost: {exc!r}", 0.0
             log.warning(f"holepunch: lost the connection to {entry.peer_id}; reconnecting",
