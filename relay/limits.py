@@ -62,6 +62,11 @@ class LimitedResourceManager(RelayResourceManager):
 
     def _clean_expired(self) -> None:
         super()._clean_expired()
+        # A reservation is only usable over the connection it was made on (the relay reaches the peer
+        # through it). py-libp2p keeps it for its whole TTL after the peer has gone, so departed peers
+        # would fill the per-IP and total limits for an hour; go-libp2p drops it on disconnect, as here.
+        for peer_id in [pid for pid in self._reservations if not self._is_peer_connected(pid)]:
+            del self._reservations[peer_id]
         for peer_id in [pid for pid in self._ip_of if pid not in self._reservations]:
             del self._ip_of[peer_id]
         metrics.RESERVATIONS_ACTIVE.set(len(self._reservations))

@@ -115,6 +115,9 @@ class NatLab:
         for name in list(self.procs):
             self.stop(name)
         for name in self.ns.values():
+            leftover = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in leftover:  # anything a crashed run left behind must not outlive its namespace
+                subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
     # --- processes -----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def listen_addrs(host: IHost) -> list[str]:
             out.extend(text.replace("/0.0.0.0/", f"/{ip}/", 1) for ip in (non_loopback or ips))
         elif not text.startswith("/ip6/::/"):
             out.append(text)
-    return out
+    return sorted(out, key=lambda a: "/ws" in a)  # plain TCP first: what other nodes should try first
 
 
 def observed_public_addrs(host: IHost) -> list[str]:
@@ -61,7 +61,7 @@ def observed_public_addrs(host: IHost) -> list[str]:
             ip = observed.value_for_protocol("ip4")
         except Exception:
             continue
-        if ip and ipaddress.ip_address(ip).is_global or _is_test_public(ip):
+        if ip and (ipaddress.ip_address(ip).is_global or _is_test_public(ip)):
             out.extend(f"/ip4/{ip}/tcp/{port}" for port in tcp_ports)
     return out
 

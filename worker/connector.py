@@ -27,6 +27,7 @@ log = logging.getLogger("worker.connect")
 
 ECHO_TIMEOUT = 5.0
 PEER_DIAL_GRACE = 1.0
+DIAL_HEAD_START = 0.25  # before the next address is tried, as go-libp2p does
 FAILED_RETRY_FIRST = 2.0
 FAILED_RETRY_CEILING = 60.0
 
@@ -119,23 +120,39 @@ class Connector:
         await self._upgrade(peer_id, record, relayed_at)
 
     async def _dial_direct(self, peer_id: ID, addrs: list[str]) -> bool:
-        """Dial every direct address at once; the first connection wins and the others are cancelled."""
+        """Dial the direct addresses one after another, each given a head start (happy eyeballs).
+
+        Attempts that lose the race are allowed to finish and their connection is closed: cancelling a
+        dial halfway through its handshake leaves the peer holding a connection nobody answers on, and
+        py-libp2p may later open streams on it.
+        """
         network = self.host.get_network()
         won = trio.Event()
 
-        async def attempt(addr: str) -> None:
+        async def attempt(addr: str, failed: trio.Event) -> None:
             try:
-                await network.dial_addr(multiaddr.Multiaddr(addr), peer_id)
+                conn = await network.dial_addr(multiaddr.Multiaddr(addr), peer_id)
             except Exception as exc:
                 log.debug("direct dial failed", extra={"peer": str(peer_id), "addr": addr, "error": repr(exc)})
+                failed.set()
                 return
+            if won.is_set():
+                await conn.close()
             won.set()
-            nursery.cancel_scope.cancel()
 
+        failures: list[trio.Event] = []
         with trio.move_on_after(self.timeouts.direct):
             async with trio.open_nursery() as nursery:
                 for addr in addrs:
-                    nursery.start_soon(attempt, addr)
+                    failures.append(trio.Event())
+                    nursery.start_soon(attempt, addr, failures[-1])
+                    with trio.move_on_after(DIAL_HEAD_START):
+                        while not (won.is_set() or failures[-1].is_set()):
+                            await trio.sleep(0.005)
+                    if won.is_set():
+                        break
+                while not (won.is_set() or all(f.is_set() for f in failures)):
+                    await trio.sleep(0.005)
         return won.is_set() and "direct" in connection_kinds(self.host, peer_id)
 
     async def _dial_relayed(self, peer_id: ID, circuits: list[str]) -> str:

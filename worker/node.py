@@ -244,7 +244,7 @@ class Worker:
         # When two workers discover each other at once, both would dial and end with two connections (and
         # two hole punches). The peer with the lower ID dials; the other waits long enough for that dial to
         # reach it, and dials itself only if it did not.
-        if entry.peer_id < self.peer_id:
+        if self.peer_id < entry.peer_id:
             return
         budget = self.settings.direct_dial_timeout + self.settings.relay_dial_timeout + 1.0
         peer = ID.from_base58(entry.peer_id)

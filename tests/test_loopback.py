@@ -1,0 +1,120 @@
+"""Worker and relay in-process on loopback, against a real rendezvous process."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import httpx
+import pytest
+
+from tests.p2p import (BIN, new_identity, ordered_identities, record_of, relay_settings, rendezvous_process, run, start_relay, start_worker, until,
+                       worker_settings)
+from worker.rendezvous_client import RendezvousClient
+
+
+@pytest.fixture(scope="module")
+def rendezvous_url():
+    with rendezvous_process() as url:
+        yield url
+
+
+def test_two_workers_register_discover_connect_directly_and_echo(rendezvous_url):
+    async def body(nursery):
+        a = await start_worker(nursery, worker_settings(rendezvous_url, NAMESPACE="pair"))
+        b = await start_worker(nursery, worker_settings(rendezvous_url, NAMESPACE="pair"))
+        seen_by_a = await until(lambda: record_of(a, b), what="a to connect to b")
+        seen_by_b = await until(lambda: record_of(b, a), what="b to connect to a")
+        assert seen_by_a.path == seen_by_b.path == "direct"
+        assert {seen_by_a.initiated_by, seen_by_b.initiated_by} == {"us", "them"}  # one dial, not two
+        assert seen_by_a.over == "direct" and seen_by_a.rtt_ms > 0
+        listed = await a.rendezvous.discover("pair")
+        assert {p.peer_id for p in listed} == {a.peer_id, b.peer_id}
+        async with httpx.AsyncClient() as http:
+            status = (await http.get(f"http://127.0.0.1:{a.http_port}/status")).json()
+            metrics = (await http.get(f"http://127.0.0.1:{a.http_port}/metrics")).text
+            health = await http.get(f"http://127.0.0.1:{a.http_port}/healthz")
+        assert health.status_code == 200
+        assert status["peer_id"] == a.peer_id and status["paths"] == {"direct": 1}
+        assert status["peers"][0]["peer_id"] == b.peer_id
+        assert 'worker_echo_rtt_seconds_count{over="direct"}' in metrics
+    run(body)
+
+
+def test_a_peer_without_listen_addresses_is_reached_through_the_relay(rendezvous_url):
+    async def body(nursery):
+        relay = await start_relay(nursery, relay_settings())
+        relay_addr = relay.multiaddrs()[0]
+        dialer_id, hidden_id = ordered_identities(2)  # the dialer's lower ID makes it the one that dials
+        hidden = await start_worker(nursery, worker_settings(rendezvous_url, [relay_addr], NAMESPACE="hidden",
+                                                             TCP_PORT="off", WS_PORT="off", HOLEPUNCH="false"),
+                                    hidden_id)
+        # no DCUtR on either side, so the relayed connection is the one that must carry the echo
+        dialer = await start_worker(nursery, worker_settings(rendezvous_url, [relay_addr], NAMESPACE="hidden",
+                                                             HOLEPUNCH="false"), dialer_id)
+        await until(lambda: hidden.registered_addrs and all("/p2p-circuit" in a for a in hidden.registered_addrs),
+                    what="the hidden worker to register its relay address only")
+        seen = await until(lambda: record_of(dialer, hidden), what="the dialer to reach the hidden worker")
+        assert seen.initiated_by == "us"
+        assert seen.path == "relayed" and seen.over == "relayed" and seen.rtt_ms > 0
+        assert relay.status()["reservations"] == 2
+    run(body)
+
+
+def test_relays_registered_at_the_rendezvous_are_found_without_a_bootstrap_address(rendezvous_url):
+    async def body(nursery):
+        relay = await start_relay(nursery, relay_settings(rendezvous_url, RELAY_NAMESPACE="relays-found"))
+        worker = await start_worker(nursery, worker_settings(rendezvous_url, RELAY_NAMESPACE="relays-found",
+                                                             NAMESPACE="alone"))
+        await until(lambda: relay.peer_id in worker.relays, what="a reservation at the registered relay")
+        await until(lambda: any("/p2p-circuit" in a for a in worker.registered_addrs),
+                    what="the worker to re-register with its new relay address")
+    run(body)
+
+
+def test_a_relay_at_its_reservation_limit_refuses_and_the_worker_keeps_trying(rendezvous_url):
+    async def body(nursery):
+        relay = await start_relay(nursery, relay_settings(RELAY_MAX_RESERVATIONS_PER_IP="1"))
+        addr = relay.multiaddrs()[0]
+        first = await start_worker(nursery, worker_settings(rendezvous_url, [addr], NAMESPACE="full"))
+        await until(lambda: relay.peer_id in first.relays, what="the first reservation")
+        second = await start_worker(nursery, worker_settings(rendezvous_url, [addr], NAMESPACE="full"))
+        await until(lambda: second._relay_backoff.get(relay.peer_id), what="the refusal to be recorded")
+        assert relay.peer_id not in second.relays
+        assert relay.status()["reservations"] == 1
+        # refused at the relay, the second worker still reaches the first one directly
+        await until(lambda: record_of(second, first), what="the workers to connect despite the refusal")
+    run(body)
+
+
+def test_a_registered_peer_that_never_answers_fails_and_the_other_connections_stay(rendezvous_url):
+    async def body(nursery):
+        ghost = RendezvousClient(rendezvous_url, new_identity())
+        await ghost.register("ghosts", ["/ip4/127.0.0.1/tcp/9"], 60)  # discard port: nothing listens
+        await ghost.aclose()
+        a = await start_worker(nursery, worker_settings(rendezvous_url, NAMESPACE="ghosts"))
+        b = await start_worker(nursery, worker_settings(rendezvous_url, NAMESPACE="ghosts"))
+        await until(lambda: record_of(a, b), what="a to connect to b")
+        ghost_id = str(ghost.identity.peer_id)
+        failed = await until(lambda: getattr(a.peers.get(ghost_id), "path", "") == "failed" and a.peers[ghost_id],
+                             what="the ghost to be recorded as failed")
+        assert "relay" in failed.error
+        assert record_of(a, b) is not None  # the good connection survived the bad peer
+    run(body)
+
+
+def test_a_departed_peer_frees_its_reservation_at_once(rendezvous_url, tmp_path):
+    async def body(nursery):
+        relay = await start_relay(nursery, relay_settings(RELAY_MAX_RESERVATIONS_PER_IP="1"))
+        addr = relay.multiaddrs()[0]
+        env = {**os.environ, "RENDEZVOUS_SERVICE_URL": rendezvous_url, "LISTEN_HOST": "127.0.0.1", "TCP_PORT": "0",
+               "WS_PORT": "0", "PORT": "0", "IDENTITY_FILE": str(tmp_path / "first.key"),
+               "LIBP2P_RELAY_BOOTSTRAP": addr, "NAMESPACE": "depart"}
+        first = subprocess.Popen([str(BIN / "worker")], env=env, stdout=subprocess.DEVNULL)
+        try:
+            await until(lambda: relay.status()["reservations"] == 1, what="the first worker's reservation")
+        finally:
+            first.kill()
+            first.wait()
+        second = await start_worker(nursery, worker_settings(rendezvous_url, [addr], NAMESPACE="depart"))
+        await until(lambda: relay.peer_id in second.relays, what="a reservation in the slot the first worker left")
+    run(body)
