@@ -1,0 +1,112 @@
+"""Worker and relay configuration, identities, and the echo framing: bad input is refused with a clear
+message naming what was wrong."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+
+from relay.settings import RelaySettings
+from tests.p2p import BIN
+from worker.echo import MAX_FRAME, FrameError, FrameReader, encode_frame
+from worker.identity import IdentityError, load_identity
+from worker.options import OptionError
+from worker.rendezvous_client import _peer_entry
+from worker.settings import OPTIONS, WorkerSettings
+
+
+def test_defaults_follow_the_seed_and_go_libp2p():
+    worker = WorkerSettings.parse([], {})
+    assert worker.rendezvous_url == "http://127.0.0.1:8080" and worker.connect is None
+    assert (worker.listen.tcp_port, worker.listen.ws_port, worker.listen.quic_port) == (4001, 4002, None)
+    limits = RelaySettings.parse([], {}).limits
+    assert (limits.reservation_ttl, limits.max_reservations, limits.max_reservations_per_ip,
+            limits.max_circuits_per_peer, limits.circuit_duration, limits.circuit_bytes) == (3600, 128, 8, 16, 120, 131072)
+
+
+def test_environment_and_flags_both_set_options_and_flags_win():
+    settings = WorkerSettings.parse(["--connect", "3"], {"RENDEZVOUS_SERVICE_URL": "https://rv.example/", "CONNECT_POLICY": "all",
+                                                         "LIBP2P_RELAY_BOOTSTRAP": "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWEqp6C1pKL9XBYwnma22zyQteMyzF5TDgjcNzJyA1h78L"})
+    assert settings.connect == 3
+    assert settings.rendezvous_url == "https://rv.example"
+    assert settings.relay == ("/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWEqp6C1pKL9XBYwnma22zyQteMyzF5TDgjcNzJyA1h78L",)
+
+
+@pytest.mark.parametrize("env, names", [
+    ({"TCP_PORT": "70000"}, "TCP_PORT"),
+    ({"CONNECT_POLICY": "some"}, "CONNECT_POLICY"),
+    ({"RENDEZVOUS_SERVICE_URL": "ftp://x"}, "RENDEZVOUS_SERVICE_URL"),
+    ({"LIBP2P_RELAY_BOOTSTRAP": "not-a-multiaddr"}, "LIBP2P_RELAY_BOOTSTRAP"),
+    ({"NAMESPACE": "has space"}, "NAMESPACE"),
+    ({"DIRECT_DIAL_TIMEOUT": "0"}, "DIRECT_DIAL_TIMEOUT"),
+    ({"HOLEPUNCH": "maybe"}, "HOLEPUNCH"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+])
+def test_a_bad_value_names_its_variable(env, names):
+    with pytest.raises(OptionError, match=names):
+        WorkerSettings.parse([], env)
+
+
+def test_a_relay_with_every_port_off_is_refused():
+    with pytest.raises(OptionError, match="unreachable"):
+        RelaySettings.parse([], {"TCP_PORT": "off", "WS_PORT": "off", "QUIC_PORT": "off"})
+
+
+def test_help_lists_every_option_with_its_variable():
+    text = subprocess.run([str(BIN / "worker"), "--help"], capture_output=True, text=True, check=True).stdout
+    for option in OPTIONS:
+        assert option.flag in text and option.env in text
+    relay_help = subprocess.run([str(BIN / "relay"), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "RELAY_MAX_RESERVATIONS_PER_IP" in relay_help
+
+
+def test_a_configuration_error_stops_the_worker_with_the_reason():
+    result = subprocess.run([str(BIN / "worker")], capture_output=True, text=True, env={**os.environ, "TCP_PORT": "x"})
+    assert result.returncode != 0 and "TCP_PORT" in result.stderr
+
+
+def test_a_generated_identity_is_persisted_privately_and_reloaded(tmp_path):
+    path = tmp_path / "sub" / "worker.key"
+    first = load_identity(None, str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_identity(None, str(path)).peer_id == first.peer_id
+    assert load_identity(first.encoded(), None).peer_id == first.peer_id  # the same seed as a secret
+    assert str(first.peer_id).startswith("12D3KooW")
+
+
+@pytest.mark.parametrize("secret", ["not base64!", "c2hvcnQ="])
+def test_a_bad_identity_secret_is_refused(secret):
+    with pytest.raises(IdentityError, match="IDENTITY_KEY"):
+        load_identity(secret, None)
+
+
+class ChunkedStream:
+    """Hands over bytes a few at a time, as a network may."""
+
+    def __init__(self, data: bytes, chunk: int):
+        self.data, self.chunk = data, chunk
+
+    async def read(self, n: int) -> bytes:
+        piece, self.data = self.data[: min(n, self.chunk)], self.data[min(n, self.chunk):]
+        return piece
+
+
+async def test_frames_survive_any_chunking():
+    frames = [b"", b"a", os.urandom(300), os.urandom(MAX_FRAME)]
+    reader = FrameReader(ChunkedStream(b"".join(encode_frame(f) for f in frames), 3))
+    assert [await reader.read_frame() for _ in frames] == frames
+
+
+async def test_an_oversized_frame_is_refused_before_it_is_read():
+    reader = FrameReader(ChunkedStream(b"\x81\x80\x01", 2))  # 16385 bytes announced
+    with pytest.raises(FrameError, match="exceeds"):
+        await reader.read_frame()
+    with pytest.raises(FrameError):
+        encode_frame(b"x" * (MAX_FRAME + 1))
+
+
+@pytest.mark.parametrize("entry", [{"ID": 5, "Addrs": []}, {"Addrs": []}, {"ID": "x", "Addrs": "no"}, "text", None])
+def test_a_malformed_discovered_peer_is_skipped(entry):
+    assert _peer_entry(entry) is None
