@@ -4,7 +4,7 @@
 
 The rendezvous keeps its state in the embedded store unless REDIS_URL is set. Workers 1..N-1 listen on
 loopback; the last one listens nowhere and is reachable only through the relay, as a peer behind a NAT
-would be. Each worker's `holepunch:` lines are printed as they come; full JSON logs are in .stack/logs/.
+would be: the others reach it relayed, then DCUtR upgrades that to a direct connection. Each worker's `holepunch:` lines are printed as they come; full JSON logs are in .stack/logs/.
 Ctrl-C stops everything (the workers unregister first).
 """
 from __future__ import annotations
@@ -83,6 +83,7 @@ class Stack:
         store = "Redis at REDIS_URL" if os.environ.get("REDIS_URL") else "the embedded store"
         print(f"rendezvous {rendezvous_url} ({store}); try: curl '{rendezvous_url}/peers?namespace=default'")
         print(f"relay      http://127.0.0.1:{relay_http}/status")
+        make_last_worker_dialed(self.workers)
         for i in range(1, self.workers + 1):
             port = self.base + 10 + 3 * i
             hidden = i == self.workers
@@ -108,6 +109,19 @@ class Stack:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def make_last_worker_dialed(workers: int) -> None:
+    """Give the last worker the highest peer ID, so the others dial it (through the relay) rather than it
+    dialing them directly: of two workers that find each other, the lower ID dials. The keys are kept in
+    STATE, so peer IDs stay the same from run to run."""
+    from worker.identity import Identity, load_identity
+
+    ids = [str(load_identity(None, str(STATE / f"worker-{i}.key")).peer_id) for i in range(1, workers)]
+    last = STATE / f"worker-{workers}.key"
+    while not last.exists() or str(load_identity(None, str(last)).peer_id) < max(ids):
+        last.write_text(Identity.from_seed(os.urandom(32)).encoded() + "\n")
+        last.chmod(0o600)
 
 
 def die_with_parent() -> None:

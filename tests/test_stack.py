@@ -37,8 +37,8 @@ def test_the_local_stack_connects_its_workers_and_prints_each_path(tmp_path):
     output = "".join(lines)
     assert len(paths) == 6, output
     assert paths[("worker-1", "worker-2")] == "direct", output
-    # worker-3 listens nowhere: the others reach it through the relay (then DCUtR makes it direct), unless
-    # worker-3, having the lower peer ID, dialed them first, which it can do directly
-    assert set(paths.values()) <= {"direct", "relayed", "hole-punched"}, output
+    # worker-3 listens nowhere: the others reach it through the relay, then DCUtR makes it direct
+    assert paths[("worker-1", "worker-3")] in ("relayed", "hole-punched"), output
+    assert paths[("worker-3", "worker-2")] in ("relayed", "hole-punched"), output
     assert status == 0
     assert (tmp_path / "logs" / "worker-1.log").read_text().count('"holepunch: connected') >= 2
