@@ -12,8 +12,10 @@ from rendezvous import logs as rendezvous_logs
 
 
 # Messages py-libp2p logs as errors in normal operation (a relayed stream ending is "Error reading from hop
-# stream"); they are kept, at DEBUG, so a real error stands out.
-_ROUTINE = ("Error reading from hop stream", "Failed to fetch stored addresses for peer")
+# stream"; a dial that finds nobody is "Failed to open TCP stream"); they are kept, at DEBUG, so a real
+# error stands out. The worker reports failed dials itself, in its `holepunch:` lines.
+_ROUTINE = ("Error reading from hop stream", "Failed to fetch stored addresses for peer",
+            "Failed to open TCP stream", "Failed to connect to ws://")  # a direct dial that did not answer
 
 
 class _DemoteRoutine(logging.Filter):

@@ -57,6 +57,7 @@ class Worker:
         self._busy: set[str] = set()
         self._connect_slots = trio.Semaphore(MAX_CONCURRENT_CONNECTS)
         self._relay_backoff: dict[str, tuple[Backoff, float]] = {}
+        self._stopping = False  # set on SIGTERM: no registration may follow the unregistration
 
     @property
     def peer_id(self) -> str:
@@ -79,7 +80,8 @@ class Worker:
             if handle_signals:
                 nursery.start_soon(self._stop_on_signal, nursery.cancel_scope)
             task_status.started(self)
-        await self.rendezvous.aclose()
+        with trio.CancelScope(shield=True):
+            await self.rendezvous.aclose()
 
     @staticmethod
     async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -92,6 +94,7 @@ class Worker:
             async for signum in signals:
                 log.info("stopping: unregistering first", extra={"signal": signal.Signals(signum).name})
                 break
+        self._stopping = True
         await self.unregister()
         scope.cancel()
 
@@ -119,7 +122,7 @@ class Worker:
             now = time.monotonic()
             addrs = self.current_addrs()
             due = now >= refresh_at or addrs != self.registered_addrs
-            if due and now >= next_try and addrs:
+            if due and now >= next_try and addrs and not self._stopping:
                 try:
                     answer = await self.rendezvous.register(self.settings.namespace, addrs, self.settings.ttl)
                 except RendezvousError as exc:
@@ -211,12 +214,19 @@ class Worker:
             backoff.reset()
             others = [e for e in entries if e.peer_id != self.peer_id]
             metrics.DISCOVERED_PEERS.set(len(others))
+            self._forget_departed({e.peer_id for e in others})
             for entry in self._choose(others):
                 if entry.peer_id not in self._busy:
                     self._busy.add(entry.peer_id)
                     nursery.start_soon(self._tend_peer, entry)
             self._count_paths()
             await trio.sleep(self.settings.discover_interval)
+
+    def _forget_departed(self, listed: set[str]) -> None:
+        """Drop the records of peers that left the namespace and to which we hold no connection."""
+        for peer_id in [p for p in self.peers if p not in listed and p not in self._busy]:
+            if not connection_kinds(self.host, ID.from_base58(peer_id)):
+                del self.peers[peer_id]
 
     def _choose(self, entries: list[PeerEntry]) -> list[PeerEntry]:
         """The connect policy: all, or N at random, keeping the peers we are already connected to."""
