@@ -16,6 +16,7 @@ import pathlib
 import signal
 import statistics
 import sys
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -27,10 +28,13 @@ def one_run(lab: NatLab, relay_addr: str, run: int) -> tuple[float | None, str]:
     names = [lab.start_worker(side, relay_addr, name=f"w{run}{side}", tcp_port=4100 + run * 2 + (side == "b"))
              for side in ("a", "b")]
     try:
-        for name in names:
-            event = lab.wait_for(name, lambda e: e.get("event") == "connected" and e.get("initiated_by") == "us", 40)
-            if event is not None:
-                return event.get("time_to_direct"), event["path"]
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            for name in names:  # the worker with the lower peer ID dials; either may be it
+                for event in lab.events(name):
+                    if event.get("event") == "connected" and event.get("initiated_by") == "us":
+                        return event.get("time_to_direct"), event["path"]
+            time.sleep(0.1)
         return None, "timeout"
     finally:
         for name in names:

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Sequence
 
 from worker.host import ListenPlan
-from worker.options import Option, OptionError, parse_options, port_or_off, positive_int
+from worker.options import Option, OptionError, log_level, parse_options, port_or_off, positive_int
 from worker.settings import http_url, multiaddrs, namespace
 
 
@@ -53,7 +53,7 @@ OPTIONS = [
            "seconds after which a relayed connection is cut"),
     Option("--circuit-bytes", "RELAY_CIRCUIT_BYTES", positive_int, str(128 * 1024),
            "bytes a relayed connection may carry before it is cut (py-libp2p counts both directions together)"),
-    Option("--log-level", "LOG_LEVEL", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Option("--log-level", "LOG_LEVEL", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 
@@ -76,8 +76,6 @@ class RelaySettings:
         values = parse_options("relay", "A public circuit relay v2 node: peers behind NATs reserve a slot, "
                                "others reach them through it, and DCUtR upgrades those connections to direct "
                                "ones.", OPTIONS, argv, environ)
-        if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise OptionError(f"--log-level / LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR (got {values['log_level']!r})")
         if values["tcp_port"] is None and values["ws_port"] is None and values["quic_port"] is None:
             raise OptionError("TCP_PORT, WS_PORT and QUIC_PORT are all off: the relay would be unreachable")
         listen = ListenPlan(values.pop("listen_host"), values.pop("tcp_port"), values.pop("ws_port"),

@@ -64,7 +64,8 @@ class Worker:
         return str(self.identity.peer_id)
 
     async def run(self, *, handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with running(self.host, self.settings.listen), background_trio_service(self.circuit), trio.open_nursery() as nursery:
+        async with (running(self.host, self.settings.listen), background_trio_service(self.circuit),
+                    trio.open_nursery() as nursery):
             if self.puncher is not None:
                 await nursery.start(self._run_service, self.puncher)
             self.host.set_stream_handler(echo.PROTOCOL, echo.serve)

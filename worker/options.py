@@ -66,6 +66,13 @@ def boolean(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
 def parse_options(prog: str, description: str, options: Sequence[Option], argv: Sequence[str] | None,
                   environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Parse flags over environment over defaults; returns {dest: value}. Raises OptionError."""
@@ -80,11 +87,8 @@ def parse_options(prog: str, description: str, options: Sequence[Option], argv: 
     values: dict[str, Any] = {}
     for opt in options:
         raw = getattr(args, opt.dest)
-        source = opt.flag
         if raw is None:
-            raw, source = environ.get(opt.env), opt.env
-        if raw is None:
-            raw, source = opt.default, f"{opt.env} (default)"
+            raw = environ.get(opt.env, opt.default)
         if raw is None:
             values[opt.dest] = None
             continue

@@ -8,7 +8,7 @@ import multiaddr
 
 from rendezvous.registration import namespace_problem
 from worker.host import ListenPlan
-from worker.options import (Option, OptionError, boolean, comma_list, parse_options, port_or_off, positive_float,
+from worker.options import (Option, boolean, log_level, comma_list, parse_options, port_or_off, positive_float,
                             positive_int)
 
 
@@ -71,7 +71,7 @@ OPTIONS = [
     Option("--holepunch-timeout", "HOLEPUNCH_TIMEOUT", positive_float, "10",
            "seconds allowed for a DCUtR upgrade of a relayed connection (the library makes up to 3 attempts)"),
     Option("--holepunch", "HOLEPUNCH", boolean, "true", "upgrade relayed connections to direct ones with DCUtR"),
-    Option("--log-level", "LOG_LEVEL", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Option("--log-level", "LOG_LEVEL", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
 
@@ -101,8 +101,6 @@ class WorkerSettings:
         values = parse_options("worker", "A libp2p peer that registers at the rendezvous, discovers the peers "
                                "of its namespace and connects to them: directly, through a relay, or "
                                "hole-punched.", OPTIONS, argv, environ)
-        if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise OptionError(f"--log-level / LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR (got {values['log_level']!r})")
         listen = ListenPlan(values.pop("listen_host"), values.pop("tcp_port"), values.pop("ws_port"),
                             values.pop("quic_port"))
         return cls(listen=listen, **values)
