@@ -3,6 +3,7 @@ rendezvous is) a registration of its own so workers can find it there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -14,6 +15,9 @@ from libp2p.relay.circuit_v2 import CircuitV2Protocol, RelayLimits
 from libp2p.tools.anyio_service import background_trio_service
 
 from relay import metrics
+from rendezvous import wire
+from rendezvous.bridge import AsyncioPortal, AsyncioThread
+from rendezvous.p2p_door import open_door
 from relay.limits import LimitedResourceManager
 from relay.settings import RelaySettings
 from worker import httpd
@@ -56,8 +60,19 @@ class Relay:
         return [f"{a}/p2p/{self.peer_id}" for a in self.addrs()]
 
     async def run(self, *, handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with contextlib.ExitStack() as threads:
+            store_portal = (threads.enter_context(AsyncioThread())
+                            if self.settings.rendezvous_store is not None else None)
+            await self._run(store_portal, handle_signals, task_status)
+
+    async def _run(self, store_portal: AsyncioPortal | None, handle_signals: bool, task_status) -> None:
+        store = None
         async with (running(self.host, self.settings.listen), background_trio_service(self.protocol),
                     trio.open_nursery() as nursery):
+            if store_portal is not None:
+                handler, store = await open_door(store_portal, self.settings.rendezvous_store)
+                self.host.set_stream_handler(wire.PROTOCOL_ID, handler)
+                log.info("serving the rendezvous protocol", extra={"protocol": wire.PROTOCOL_ID})
             if self.settings.port is not None:
                 self.http_port = await nursery.start(httpd.serve, self.settings.http_host, self.settings.port,
                                                      self.routes())
@@ -68,8 +83,11 @@ class Relay:
             if handle_signals:
                 nursery.start_soon(self._stop_on_signal, nursery.cancel_scope)
             task_status.started(self)
-        if self.rendezvous is not None:
-            await self.rendezvous.aclose()
+        with trio.CancelScope(shield=True):
+            if store is not None:
+                await store_portal.run(store.close)
+            if self.rendezvous is not None:
+                await self.rendezvous.aclose()
 
     async def _keep_registered(self) -> None:
         backoff = Backoff()

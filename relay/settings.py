@@ -6,10 +6,12 @@ Limits default to go-libp2p's relay defaults: reservations last 1 h, 128 at most
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
+from rendezvous.settings import ConfigError, Settings
 from worker.host import ListenPlan
-from worker.options import Option, OptionError, log_level, parse_options, port_or_off, positive_int
+from worker.options import Option, OptionError, boolean, log_level, parse_options, port_or_off, positive_int
 from worker.settings import http_url, multiaddrs, namespace
 
 
@@ -53,6 +55,9 @@ OPTIONS = [
            "seconds after which a relayed connection is cut"),
     Option("--circuit-bytes", "RELAY_CIRCUIT_BYTES", positive_int, str(128 * 1024),
            "bytes a relayed connection may carry before it is cut (py-libp2p counts both directions together)"),
+    Option("--rendezvous-protocol", "RENDEZVOUS_PROTOCOL", boolean, "false",
+           "also serve the libp2p rendezvous protocol (/rendezvous/1.0.0) from the rendezvous store: REDIS_URL, "
+           "COOKIE_HMAC_KEY, KEY_PREFIX and the limits are read as the rendezvous service reads them"),
     Option("--log-level", "LOG_LEVEL", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -70,6 +75,7 @@ class RelaySettings:
     port: int | None
     limits: RelayLimitSettings
     log_level: str
+    rendezvous_store: Settings | None  # set when the relay serves the rendezvous protocol
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> "RelaySettings":
@@ -83,4 +89,10 @@ class RelaySettings:
         limits = RelayLimitSettings(*(values.pop(name) for name in (
             "reservation_ttl", "max_reservations", "max_reservations_per_ip", "max_circuits_per_peer",
             "circuit_duration", "circuit_bytes")))
-        return cls(listen=listen, limits=limits, **values)
+        store = None
+        if values.pop("rendezvous_protocol"):
+            try:
+                store = Settings.from_env(os.environ if environ is None else environ)
+            except ConfigError as exc:
+                raise OptionError(f"RENDEZVOUS_PROTOCOL is on, but {exc}") from None
+        return cls(listen=listen, limits=limits, rendezvous_store=store, **values)

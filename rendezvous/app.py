@@ -8,9 +8,8 @@ from aiohttp import web
 from rendezvous import api, metrics
 from rendezvous.cookie import CookieCodec
 from rendezvous.errors import ApiError, ErrorCode
-from rendezvous.keys import KeySchema
 from rendezvous.settings import Settings
-from rendezvous.store import Store, connect
+from rendezvous.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +77,20 @@ def create_app(settings: Settings) -> web.Application:
     app[api.COOKIES] = CookieCodec(settings.cookie_key)
 
     async def store_lifecycle(app: web.Application):
-        store = Store(connect(settings), KeySchema(settings.key_prefix), settings.limits)
-        if settings.embedded:
-            log.warning("store: embedded in-process store (fakeredis); registrations live only as long as this "
-                        "process and are not shared with other replicas; set REDIS_URL for production")
-        else:
-            log.info("store: Redis%s", " Cluster" if settings.redis_cluster else "")
-        try:
-            await store.load_scripts()
-        except Exception as exc:  # start anyway: /readyz says not ready and requests get 503 until Redis is back
-            log.warning("store: Redis not reachable at start (%s); serving 503 until it is", exc)
-        app[api.STORE] = store
+        app[api.STORE] = await open_store(settings)
         yield
-        await store.close()
+        await app[api.STORE].close()
+
+    async def libp2p_door_lifecycle(app: web.Application):
+        # imported here: a service without LIBP2P_TCP_PORT never loads py-libp2p (~1 s, ~80 MiB)
+        from rendezvous.p2p_door import start_door_thread
+
+        door_thread = start_door_thread(settings, app[api.STORE], app[api.COOKIES])
+        yield
+        door_thread.stop()
 
     app.cleanup_ctx.append(store_lifecycle)
+    if settings.libp2p_tcp_port is not None:
+        app.cleanup_ctx.append(libp2p_door_lifecycle)
     api.add_routes(app)
     return app

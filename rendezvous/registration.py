@@ -109,7 +109,7 @@ def parse_registration(body: bytes, limits: Limits, default_namespace: str) -> R
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not limits.ttl_min <= ttl <= limits.ttl_max:
         raise ApiError(ErrorCode.INVALID_TTL,
                        f"ttl must be an integer from {limits.ttl_min} to {limits.ttl_max} seconds, got {ttl!r}")
-    addrs = _check_addrs(payload.get("addrs"), limits)
+    addrs = check_addrs(payload.get("addrs"), limits)
     record = payload.get("record")
     if record is not None:
         record = _check_record(record, envelope.public_key)
@@ -124,7 +124,7 @@ def parse_unregistration(body: bytes, limits: Limits) -> Unregistration:
     return Unregistration(envelope.peer_id, namespace, payload["nonce"])
 
 
-def _check_addrs(addrs: object, limits: Limits) -> tuple[str, ...]:
+def check_addrs(addrs: object, limits: Limits) -> tuple[str, ...]:
     if not isinstance(addrs, list):
         raise ApiError(ErrorCode.INVALID_ADDRS, "payload field 'addrs' must be a list of multiaddr strings")
     if len(addrs) > limits.max_addrs:

@@ -51,6 +51,11 @@ class Settings:
     trusted_proxy_hops: int = 0
     log_level: str = "INFO"
     limits: Limits = dataclasses.field(default_factory=Limits)
+    # the libp2p door (/rendezvous/1.0.0 over TCP), off unless LIBP2P_TCP_PORT is set
+    libp2p_tcp_port: int | None = None
+    libp2p_host: str = "0.0.0.0"
+    libp2p_identity_key: str | None = None
+    libp2p_identity_file: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -119,6 +124,10 @@ class Settings:
             trusted_proxy_hops=reader.integer("TRUSTED_PROXY_HOPS", 0, 0, 10),
             log_level=log_level,
             limits=limits,
+            libp2p_tcp_port=reader.integer("LIBP2P_TCP_PORT", None, 0, 65535),
+            libp2p_host=reader.text("LIBP2P_HOST", "0.0.0.0"),
+            libp2p_identity_key=reader.text("LIBP2P_IDENTITY_KEY", None),
+            libp2p_identity_file=reader.text("LIBP2P_IDENTITY_FILE", None),
         )
 
 

@@ -55,6 +55,21 @@ def connect(settings: Settings) -> RespConnection | RedisPyBackend:
     return RespConnection(settings.redis_url)
 
 
+async def open_store(settings: Settings) -> "Store":
+    """A store on `settings`' Redis (or the embedded one), its scripts loaded when Redis answers."""
+    store = Store(connect(settings), KeySchema(settings.key_prefix), settings.limits)
+    if settings.embedded:
+        log.warning("store: embedded in-process store (fakeredis); registrations live only as long as this "
+                    "process and are not shared with other replicas; set REDIS_URL for production")
+    else:
+        log.info("store: Redis%s", " Cluster" if settings.redis_cluster else "")
+    try:
+        await store.load_scripts()
+    except Exception as exc:  # start anyway: /readyz says not ready and requests get 503 until Redis is back
+        log.warning("store: Redis not reachable at start (%s); serving 503 until it is", exc)
+    return store
+
+
 class Store:
     def __init__(self, redis: RespConnection | RedisPyBackend, keys: KeySchema, limits: Limits):
         self.redis = redis
@@ -229,20 +244,26 @@ class Store:
         *removed, _ = await self._pipeline(remove)
         return [name for name, was_live in zip(namespaces, removed) if was_live]
 
+    async def live_namespaces(self, limit: int) -> list[str]:
+        """Namespaces holding live registrations, in name order (this replica's clock decides "live")."""
+        now_ms = int(time.time() * 1000)
+        [names] = await self._pipeline(lambda batch: batch.call(
+            "ZRANGEBYSCORE", self.keys.namespaces(), f"({now_ms}", "+inf", "LIMIT", 0, limit))
+        return sorted(name.decode() for name in names)
+
     async def live_peers(self) -> dict[str, int]:
         """Live registrations per namespace, for the metrics gauge (at most METRICS_MAX_NAMESPACES)."""
         now_ms = int(time.time() * 1000)  # a gauge: this replica's clock is close enough
-        [names] = await self._pipeline(lambda batch: batch.call(
-            "ZRANGEBYSCORE", self.keys.namespaces(), f"({now_ms}", "+inf", "LIMIT", 0, METRICS_MAX_NAMESPACES))
+        names = await self.live_namespaces(METRICS_MAX_NAMESPACES)
         if not names:
             return {}
 
         def count(batch):
             for name in names:
-                batch.call("ZCOUNT", self.keys.namespace(name.decode()).expiries, f"({now_ms}", "+inf")
+                batch.call("ZCOUNT", self.keys.namespace(name).expiries, f"({now_ms}", "+inf")
 
         counts = await self._pipeline(count)
-        return {name.decode(): n for name, n in zip(names, counts)}
+        return dict(zip(names, counts))
 
 
 class _Batch:

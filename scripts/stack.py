@@ -21,6 +21,8 @@ import threading
 import time
 import urllib.request
 
+from worker.identity import Identity, load_identity
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
 STATE = pathlib.Path(os.environ.get("STACK_STATE_DIR", ROOT / ".stack"))
@@ -72,7 +74,10 @@ class Stack:
     def run(self) -> None:
         (STATE / "logs").mkdir(parents=True, exist_ok=True)
         rendezvous_url = f"http://127.0.0.1:{self.base}"
-        self.start("rendezvous", "rendezvous", {"HOST": "127.0.0.1", "PORT": str(self.base)})
+        door_id = load_identity(None, str(STATE / "rendezvous.key")).peer_id  # created on the first run
+        self.start("rendezvous", "rendezvous", {"HOST": "127.0.0.1", "PORT": str(self.base),
+                                                "LIBP2P_TCP_PORT": str(self.base + 4), "LIBP2P_HOST": "127.0.0.1",
+                                                "LIBP2P_IDENTITY_FILE": str(STATE / "rendezvous.key")})
         wait_healthy(f"{rendezvous_url}/healthz")
         relay_http = self.base + 1
         self.start("relay", "relay", {"IDENTITY_FILE": str(STATE / "relay.key"), "LISTEN_HOST": "127.0.0.1",
@@ -82,6 +87,7 @@ class Stack:
         wait_healthy(f"http://127.0.0.1:{relay_http}/healthz")
         store = "Redis at REDIS_URL" if os.environ.get("REDIS_URL") else "the embedded store"
         print(f"rendezvous {rendezvous_url} ({store}); try: curl '{rendezvous_url}/peers?namespace=default'")
+        print(f"           and /rendezvous/1.0.0 at /ip4/127.0.0.1/tcp/{self.base + 4}/p2p/{door_id}")
         print(f"relay      http://127.0.0.1:{relay_http}/status")
         make_last_worker_dialed(self.workers)
         for i in range(1, self.workers + 1):
@@ -115,8 +121,6 @@ def make_last_worker_dialed(workers: int) -> None:
     """Give the last worker the highest peer ID, so the others dial it (through the relay) rather than it
     dialing them directly: of two workers that find each other, the lower ID dials. The keys are kept in
     STATE, so peer IDs stay the same from run to run."""
-    from worker.identity import Identity, load_identity
-
     ids = [str(load_identity(None, str(STATE / f"worker-{i}.key")).peer_id) for i in range(1, workers)]
     last = STATE / f"worker-{workers}.key"
     while not last.exists() or str(load_identity(None, str(last)).peer_id) < max(ids):

@@ -10,7 +10,8 @@ import pytest
 
 from relay.settings import RelaySettings
 from tests.p2p import BIN
-from worker.echo import MAX_FRAME, FrameError, FrameReader, encode_frame
+from rendezvous.frames import FrameReader
+from worker.echo import MAX_FRAME, FrameError, encode_frame
 from worker.identity import IdentityError, load_identity
 from worker.options import OptionError
 from worker.rendezvous_client import _peer_entry
@@ -95,12 +96,12 @@ class ChunkedStream:
 
 async def test_frames_survive_any_chunking():
     frames = [b"", b"a", os.urandom(300), os.urandom(MAX_FRAME)]
-    reader = FrameReader(ChunkedStream(b"".join(encode_frame(f) for f in frames), 3))
+    reader = FrameReader(ChunkedStream(b"".join(encode_frame(f) for f in frames), 3), MAX_FRAME)
     assert [await reader.read_frame() for _ in frames] == frames
 
 
 async def test_an_oversized_frame_is_refused_before_it_is_read():
-    reader = FrameReader(ChunkedStream(b"\x81\x80\x01", 2))  # 16385 bytes announced
+    reader = FrameReader(ChunkedStream(b"\x81\x80\x01", 2), MAX_FRAME)  # 16385 bytes announced
     with pytest.raises(FrameError, match="exceeds"):
         await reader.read_frame()
     with pytest.raises(FrameError):

@@ -12,9 +12,12 @@ import dataclasses
 import os
 import pathlib
 
+import multiaddr
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
+from libp2p.peer.envelope import seal_record
 from libp2p.peer.id import ID
+from libp2p.peer.peer_record import PeerRecord
 from nacl.signing import SigningKey
 
 SEED_BYTES = 32
@@ -40,6 +43,12 @@ class Identity:
 
     def encoded(self) -> str:
         return base64.b64encode(self.seed).decode()
+
+    def signed_peer_record(self, addrs: list[str]) -> bytes:
+        """A libp2p signed peer record (RFC 0003) of our addresses, which any libp2p client can verify; the
+        rendezvous hands it to clients of the libp2p rendezvous protocol."""
+        record = PeerRecord(self.peer_id, [multiaddr.Multiaddr(a) for a in addrs])
+        return seal_record(record, self.key_pair.private_key).marshal_envelope()
 
 
 def decode_seed(text: str, where: str) -> bytes:

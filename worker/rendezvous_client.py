@@ -57,7 +57,8 @@ class RendezvousClient:
         await self.http.aclose()
 
     async def register(self, namespace: str, addrs: list[str], ttl: int) -> Registered:
-        body = sign_registration(self.identity.signing_key, namespace, addrs, ttl)
+        body = sign_registration(self.identity.signing_key, namespace, addrs, ttl,
+                                 self.identity.signed_peer_record(addrs))
         response = await self._send("POST", "/peers", content=body,
                                     headers={"Content-Type": "application/octet-stream"})
         answer = _json(response)
