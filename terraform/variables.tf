@@ -1,0 +1,134 @@
+variable "project_id" {
+  description = "The Google Cloud project to deploy into."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a valid project ID (6-30 lowercase letters, digits and hyphens)."
+  }
+}
+
+variable "region" {
+  description = "Region of Cloud Run, Memorystore, Artifact Registry and the relay VM."
+  type        = string
+  default     = "europe-west1"
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must look like europe-west1."
+  }
+}
+
+variable "domain" {
+  description = "DNS name of the rendezvous API and demo page (an A record to the load balancer's address); the managed certificate is issued for it."
+  type        = string
+  validation {
+    condition     = can(regex("^([a-z0-9-]+\\.)+[a-z]{2,}$", var.domain))
+    error_message = "domain must be a DNS name such as rendezvous.example.com."
+  }
+}
+
+variable "relay_domain" {
+  description = "DNS name browsers use to reach the relay's WebSocket as wss:// through the load balancer (an A record to the same address)."
+  type        = string
+  validation {
+    condition     = can(regex("^([a-z0-9-]+\\.)+[a-z]{2,}$", var.relay_domain))
+    error_message = "relay_domain must be a DNS name such as relay.example.com."
+  }
+}
+
+variable "image_tag" {
+  description = "Tag of the holepunch-services image in Artifact Registry (Cloud Build deploys $SHORT_SHA; the first apply needs an image pushed by hand or a first build)."
+  type        = string
+  default     = "latest"
+}
+
+variable "redis_tier" {
+  description = "Memorystore tier: STANDARD_HA in production (a replica and automatic failover), BASIC for a cheap test."
+  type        = string
+  default     = "STANDARD_HA"
+  validation {
+    condition     = contains(["BASIC", "STANDARD_HA"], var.redis_tier)
+    error_message = "redis_tier must be BASIC or STANDARD_HA."
+  }
+}
+
+variable "redis_memory_gb" {
+  description = "Memorystore capacity in GB (about 850 bytes per live registration)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.redis_memory_gb >= 1 && var.redis_memory_gb <= 300
+    error_message = "redis_memory_gb must lie between 1 and 300."
+  }
+}
+
+variable "rendezvous_min_instances" {
+  description = "Cloud Run minimum instances of the rendezvous (1 or more avoids cold starts)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.rendezvous_min_instances >= 0
+    error_message = "rendezvous_min_instances must be 0 or more."
+  }
+}
+
+variable "rendezvous_max_instances" {
+  description = "Cloud Run maximum instances of the rendezvous."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.rendezvous_max_instances >= 1 && var.rendezvous_max_instances <= 1000
+    error_message = "rendezvous_max_instances must lie between 1 and 1000."
+  }
+}
+
+variable "rendezvous_concurrency" {
+  description = "Requests one rendezvous instance serves at once."
+  type        = number
+  default     = 250
+  validation {
+    condition     = var.rendezvous_concurrency >= 1 && var.rendezvous_concurrency <= 1000
+    error_message = "rendezvous_concurrency must lie between 1 and 1000."
+  }
+}
+
+variable "worker_instances" {
+  description = "Worker instances on Cloud Run (each registers and connects to the others through the relay)."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.worker_instances >= 0 && var.worker_instances <= 100
+    error_message = "worker_instances must lie between 0 and 100."
+  }
+}
+
+variable "rate_limit_per_minute" {
+  description = "Cloud Armor: requests per minute from one client IP before it is banned for 5 minutes."
+  type        = number
+  default     = 1200
+  validation {
+    condition     = var.rate_limit_per_minute >= 10
+    error_message = "rate_limit_per_minute must be at least 10."
+  }
+}
+
+variable "allowed_ip_ranges" {
+  description = "Optional allow-list: when not empty, only these CIDR ranges reach the rendezvous through the load balancer."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for cidr in var.allowed_ip_ranges : can(cidrhost(cidr, 0))])
+    error_message = "allowed_ip_ranges must hold CIDR ranges such as 203.0.113.0/24."
+  }
+}
+
+variable "relay_machine_type" {
+  description = "Machine type of the relay VM."
+  type        = string
+  default     = "e2-small"
+}
+
+variable "relay_zone" {
+  description = "Zone of the relay VM, in var.region."
+  type        = string
+  default     = "europe-west1-b"
+}

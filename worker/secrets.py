@@ -1,0 +1,48 @@
+"""Environment variables filled from Google Secret Manager at start, for the relay VM (Cloud Run maps
+secrets to variables itself; a Container-Optimized OS VM does not).
+
+For any variable NAME, a variable NAME_SECRET=projects/P/secrets/S/versions/V makes the process read that
+secret version into NAME before its settings are parsed. The VM's service account token comes from the
+metadata server, so no credential is ever in the image, the metadata or the environment.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import urllib.request
+
+SUFFIX = "_SECRET"
+_RESOURCE = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
+_TOKEN_URL = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+_ACCESS_URL = "https://secretmanager.googleapis.com/v1/{}:access"
+
+
+class SecretError(RuntimeError):
+    pass
+
+
+def fill_from_secrets(environ: dict[str, str] | os._Environ = os.environ, fetch=None) -> list[str]:
+    """Set NAME from NAME_SECRET for every such pair; returns the names filled."""
+    wanted = {name[: -len(SUFFIX)]: ref for name, ref in environ.items() if name.endswith(SUFFIX) and ref}
+    if not wanted:
+        return []
+    fetch = fetch or _fetch
+    for name, ref in wanted.items():
+        if not _RESOURCE.fullmatch(ref):
+            raise SecretError(f"{name}{SUFFIX}: must look like projects/P/secrets/S/versions/V, got {ref!r}")
+        environ[name] = fetch(ref)
+    return sorted(wanted)
+
+
+def _fetch(resource: str) -> str:
+    try:
+        request = urllib.request.Request(_TOKEN_URL, headers={"Metadata-Flavor": "Google"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            token = json.load(answer)["access_token"]
+        request = urllib.request.Request(_ACCESS_URL.format(resource), headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return base64.b64decode(json.load(answer)["payload"]["data"]).decode().strip()
+    except (OSError, KeyError, ValueError) as exc:
+        raise SecretError(f"cannot read secret {resource}: {exc}") from None
