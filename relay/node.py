@@ -11,7 +11,7 @@ import time
 
 import multiaddr
 import trio
-from libp2p.relay.circuit_v2 import CircuitV2Protocol, RelayLimits
+from libp2p.relay.circuit_v2 import RelayLimits
 from libp2p.tools.anyio_service import background_trio_service
 
 from relay import metrics
@@ -19,6 +19,7 @@ from rendezvous import wire
 from rendezvous.bridge import AsyncioPortal, AsyncioThread
 from rendezvous.p2p_door import open_door
 from relay.limits import LimitedResourceManager
+from relay.protocol import CountingRelayProtocol
 from relay.settings import RelaySettings
 from worker import httpd
 from worker.addresses import listen_addrs
@@ -41,7 +42,7 @@ class Relay:
                                      max_circuit_conns=limits.max_circuits_per_peer,
                                      max_reservations=limits.max_reservations,
                                      reservation_ttl=limits.reservation_ttl)
-        self.protocol = CircuitV2Protocol(self.host, limits=library_limits, allow_hop=True)
+        self.protocol = CountingRelayProtocol(self.host, limits=library_limits, allow_hop=True)
         self.protocol.resource_manager = LimitedResourceManager(library_limits, self.host,
                                                                 limits.max_reservations_per_ip)
         self.rendezvous = (RendezvousClient(settings.rendezvous_url, identity)

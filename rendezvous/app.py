@@ -5,7 +5,9 @@ import logging
 import time
 from aiohttp import web
 
-from rendezvous import api, metrics
+from opentelemetry.trace import SpanKind
+
+from rendezvous import api, metrics, tracing
 from rendezvous.cookie import CookieCodec
 from rendezvous.errors import ApiError, ErrorCode
 from rendezvous.settings import Settings
@@ -51,6 +53,17 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
+    with tracing.tracer.start_as_current_span(f"{request.method} {route}", kind=SpanKind.SERVER,
+                                              context=tracing.extract(request.headers)) as span:
+        response = await _respond(request, handler)
+        span.set_attributes({"http.request.method": request.method, "http.route": route,
+                             "http.response.status_code": response.status})
+    metrics.HTTP_REQUESTS.labels(route, request.method, response.status).inc()
+    metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+async def _respond(request: web.Request, handler) -> web.StreamResponse:
     if request.method == "OPTIONS":
         response: web.StreamResponse = web.Response(status=204, headers=PREFLIGHT_HEADERS)
     else:
@@ -66,8 +79,6 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(ApiError(ErrorCode.INTERNAL, "internal error; it has been logged"))
         response.headers.update(CORS_HEADERS)
-    metrics.HTTP_REQUESTS.labels(route, request.method, response.status).inc()
-    metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
     return response
 
 

@@ -8,7 +8,7 @@ import sys
 
 from aiohttp import web
 
-from rendezvous import logs
+from rendezvous import logs, tracing
 from rendezvous.app import create_app
 from rendezvous.settings import ConfigError, Settings
 
@@ -25,6 +25,7 @@ def main() -> None:
         print(f"rendezvous: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure("rendezvous", settings.log_level)
+    tracing.configure("rendezvous")
     log.info("rendezvous listening", extra={"host": settings.host, "port": settings.port})
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
                 access_log=None, handle_signals=True, loop=_event_loop())

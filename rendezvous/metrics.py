@@ -15,6 +15,9 @@ DEREGISTRATIONS = Counter("rendezvous_deregistrations_total", "Deregistrations b
 LIVE_PEERS = Gauge("rendezvous_live_peers", "Live registrations per namespace (read from Redis at scrape)",
                    ["namespace"])
 STORE_ERRORS = Counter("rendezvous_store_errors_total", "Requests refused because Redis was unavailable")
+REDIS_LATENCY = Histogram("rendezvous_redis_round_trip_seconds", "One pipelined round trip to Redis, by operation",
+                          ["operation"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1))
+REDIS_ERRORS = Counter("rendezvous_redis_errors_total", "Round trips to Redis that failed (connection, timeout)")
 
 
 def set_live_peers(counts: dict[str, int]) -> None:

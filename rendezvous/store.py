@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from rendezvous import scripts
+from opentelemetry.trace import SpanKind
+
+from rendezvous import metrics, scripts, tracing
 from rendezvous.connection import RedisPyBackend, RespConnection
 from rendezvous.envelope import public_key_from_peer_id
 from rendezvous.errors import ApiError, ErrorCode
@@ -94,8 +96,9 @@ class Store:
                     await self.load_scripts()
                 batch = _Batch(self._sha)
                 build(batch)
-                results = await self.redis.execute(batch.commands)
+                results = await self._execute(batch)
             except RedisError as exc:
+                metrics.REDIS_ERRORS.inc()
                 raise self._unavailable(exc) from None
             failures = [r for r in results if isinstance(r, Exception)]
             if not failures:
@@ -105,6 +108,17 @@ class Store:
                 continue
             raise self._unavailable(failures[0]) from None
         raise AssertionError("unreachable")
+
+    async def _execute(self, batch: "_Batch") -> list:
+        """One round trip to Redis, timed and traced."""
+        operation = "+".join(batch.names)  # a handful of fixed combinations: rate+register, rate+discover, ...
+        with tracing.tracer.start_as_current_span(f"redis {operation}", kind=SpanKind.CLIENT) as span:
+            span.set_attributes({"db.system": "redis", "db.operation.name": operation})
+            started = time.perf_counter()
+            try:
+                return await self.redis.execute(batch.commands)
+            finally:
+                metrics.REDIS_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
     @staticmethod
     def _unavailable(exc: BaseException) -> ApiError:
@@ -272,10 +286,13 @@ class _Batch:
     def __init__(self, shas: dict[str, str]):
         self.shas = shas
         self.commands: list[tuple] = []
+        self.names: list[str] = []  # what each command does, for traces and the latency metric
 
     def script(self, name: str, keys: Iterable[str], *args: Any) -> None:
         keys = tuple(keys)
         self.commands.append(("EVALSHA", self.shas[name], len(keys), *keys, *args))
+        self.names.append(name)
 
     def call(self, *command: Any) -> None:
         self.commands.append(command)
+        self.names.append(str(command[0]).lower())

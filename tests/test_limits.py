@@ -23,46 +23,48 @@ def envelope_with_key_type(key_type: int) -> bytes:
     return bytes_field(1, key_proto) + bytes_field(2, b"x") + bytes_field(3, b"{}") + bytes_field(5, b"s" * 64)
 
 
-BAD_BODIES = {
-    "garbage": (b"not an envelope", "bad_envelope"),
-    "empty body": (b"", "bad_envelope"),
-    "rsa key": (envelope_with_key_type(0), "unsupported_key_type"),
-    "secp256k1 key": (envelope_with_key_type(2), "unsupported_key_type"),
-    "other domain": (signed_payload(KEY, registration_payload(KEY), domain=b"libp2p-peer-record"), "bad_signature"),
-    "unregister payload type": (signed_payload(KEY, registration_payload(KEY), UNREGISTER_PAYLOAD_TYPE),
-                                "wrong_payload_type"),
-    "payload not json": (seal(KEY, DOMAIN, b"/holepunch-services/register/1", b"\xff{"), "bad_payload"),
-    "payload a list": (seal(KEY, DOMAIN, b"/holepunch-services/register/1", b"[]"), "bad_payload"),
-    "peer of another key": (signed_payload(KEY, registration_payload(KEY, peer=peer_id(new_key()))),
-                            "peer_id_mismatch"),
-    "old timestamp": (signed_payload(KEY, registration_payload(KEY, ts=int(time.time() * 1000) - 120_000)),
-                      "stale_timestamp"),
-    "future timestamp": (signed_payload(KEY, registration_payload(KEY, ts=int(time.time() * 1000) + 120_000)),
-                         "stale_timestamp"),
-    "timestamp in seconds as text": (signed_payload(KEY, registration_payload(KEY, ts="now")), "bad_payload"),
-    "short nonce": (signed_payload(KEY, registration_payload(KEY, nonce="abc")), "bad_payload"),
-    "namespace of 256 bytes": (signed_payload(KEY, registration_payload(KEY, ns="n" * 256)), "invalid_namespace"),
-    "namespace with a brace": (signed_payload(KEY, registration_payload(KEY, ns="a{b}")), "invalid_namespace"),
-    "namespace with a space": (signed_payload(KEY, registration_payload(KEY, ns="a b")), "invalid_namespace"),
-    "empty namespace": (signed_payload(KEY, registration_payload(KEY, ns="")), "invalid_namespace"),
-    "ttl below minimum": (signed_payload(KEY, registration_payload(KEY, ttl=9)), "invalid_ttl"),
-    "ttl above 72 h": (signed_payload(KEY, registration_payload(KEY, ttl=72 * 3600 + 1)), "invalid_ttl"),
-    "ttl as text": (signed_payload(KEY, registration_payload(KEY, ttl="60")), "invalid_ttl"),
-    "17 addresses": (signed_payload(KEY, registration_payload(KEY, addrs=["/ip4/1.2.3.4/tcp/1"] * 17)),
-                     "invalid_addrs"),
-    "address of 257 characters": (signed_payload(KEY, registration_payload(KEY, addrs=["/dns4/" + "a" * 251])),
-                                  "invalid_addrs"),
-    "address not a multiaddr": (signed_payload(KEY, registration_payload(KEY, addrs=["1.2.3.4:4001"])),
-                                "invalid_addrs"),
-    "addrs not a list": (signed_payload(KEY, registration_payload(KEY, addrs="/ip4/1.2.3.4")), "invalid_addrs"),
-    "record not base64": (signed_payload(KEY, registration_payload(KEY, record="%%%")), "bad_peer_record"),
-    "record not an envelope": (signed_payload(KEY, registration_payload(KEY, record="AAAA")), "bad_envelope"),
-}
+def bad_bodies() -> dict[str, tuple[bytes, str]]:
+    """Made when a test runs, not when the suite is collected: the signed ones carry the time of signing."""
+    return {
+        "garbage": (b"not an envelope", "bad_envelope"),
+        "empty body": (b"", "bad_envelope"),
+        "rsa key": (envelope_with_key_type(0), "unsupported_key_type"),
+        "secp256k1 key": (envelope_with_key_type(2), "unsupported_key_type"),
+        "other domain": (signed_payload(KEY, registration_payload(KEY), domain=b"libp2p-peer-record"), "bad_signature"),
+        "unregister payload type": (signed_payload(KEY, registration_payload(KEY), UNREGISTER_PAYLOAD_TYPE),
+                                    "wrong_payload_type"),
+        "payload not json": (seal(KEY, DOMAIN, b"/holepunch-services/register/1", b"\xff{"), "bad_payload"),
+        "payload a list": (seal(KEY, DOMAIN, b"/holepunch-services/register/1", b"[]"), "bad_payload"),
+        "peer of another key": (signed_payload(KEY, registration_payload(KEY, peer=peer_id(new_key()))),
+                                "peer_id_mismatch"),
+        "old timestamp": (signed_payload(KEY, registration_payload(KEY, ts=int(time.time() * 1000) - 120_000)),
+                          "stale_timestamp"),
+        "future timestamp": (signed_payload(KEY, registration_payload(KEY, ts=int(time.time() * 1000) + 120_000)),
+                             "stale_timestamp"),
+        "timestamp in seconds as text": (signed_payload(KEY, registration_payload(KEY, ts="now")), "bad_payload"),
+        "short nonce": (signed_payload(KEY, registration_payload(KEY, nonce="abc")), "bad_payload"),
+        "namespace of 256 bytes": (signed_payload(KEY, registration_payload(KEY, ns="n" * 256)), "invalid_namespace"),
+        "namespace with a brace": (signed_payload(KEY, registration_payload(KEY, ns="a{b}")), "invalid_namespace"),
+        "namespace with a space": (signed_payload(KEY, registration_payload(KEY, ns="a b")), "invalid_namespace"),
+        "empty namespace": (signed_payload(KEY, registration_payload(KEY, ns="")), "invalid_namespace"),
+        "ttl below minimum": (signed_payload(KEY, registration_payload(KEY, ttl=9)), "invalid_ttl"),
+        "ttl above 72 h": (signed_payload(KEY, registration_payload(KEY, ttl=72 * 3600 + 1)), "invalid_ttl"),
+        "ttl as text": (signed_payload(KEY, registration_payload(KEY, ttl="60")), "invalid_ttl"),
+        "17 addresses": (signed_payload(KEY, registration_payload(KEY, addrs=["/ip4/1.2.3.4/tcp/1"] * 17)),
+                         "invalid_addrs"),
+        "address of 257 characters": (signed_payload(KEY, registration_payload(KEY, addrs=["/dns4/" + "a" * 251])),
+                                      "invalid_addrs"),
+        "address not a multiaddr": (signed_payload(KEY, registration_payload(KEY, addrs=["1.2.3.4:4001"])),
+                                    "invalid_addrs"),
+        "addrs not a list": (signed_payload(KEY, registration_payload(KEY, addrs="/ip4/1.2.3.4")), "invalid_addrs"),
+        "record not base64": (signed_payload(KEY, registration_payload(KEY, record="%%%")), "bad_peer_record"),
+        "record not an envelope": (signed_payload(KEY, registration_payload(KEY, record="AAAA")), "bad_envelope"),
+    }
 
 
-@pytest.mark.parametrize("name", BAD_BODIES)
+@pytest.mark.parametrize("name", list(bad_bodies()))
 async def test_bad_registration_is_refused_and_changes_nothing(redis_server, raw_redis, key_prefix, name):
-    body, code = BAD_BODIES[name]
+    body, code = bad_bodies()[name]
     async with serve(make_settings(redis_server.url, key_prefix)) as http:
         await http.post("/peers", data=sign_registration(new_key(), "default", ["/ip4/1.2.3.4/tcp/1"], 60))
         before = await snapshot(raw_redis, key_prefix)

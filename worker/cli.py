@@ -6,6 +6,7 @@ from typing import Callable
 
 import trio
 
+from rendezvous import tracing
 from worker import logs
 from worker.identity import Identity, IdentityError, load_identity
 from worker.options import OptionError
@@ -22,6 +23,7 @@ def run_role(role: str, parse: Callable, make_node: Callable[[object, Identity],
     except (OptionError, SecretError) as exc:
         sys.exit(f"{role}: configuration error: {exc}")
     logs.configure(role, settings.log_level)
+    tracing.configure(role)
     try:
         identity = load_identity(settings.identity_key, settings.identity_file)
     except (IdentityError, OSError) as exc:

@@ -14,10 +14,12 @@ import time
 
 import multiaddr
 import trio
+from opentelemetry.trace import StatusCode
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2 import CircuitV2Transport
 
+from rendezvous import tracing
 from worker import echo, metrics
 from worker.holepunch import HolePuncher, connection_kinds, stream_kind
 from worker.host import is_relayed
@@ -77,12 +79,16 @@ class Connector:
         peer_id = ID.from_base58(entry.peer_id)
         record.attempts += 1
         started = time.monotonic()
-        try:
-            await self._establish(peer_id, entry, record, started)
-            await self.prove(peer_id, record)
-        except Exception as exc:  # any fault with this one peer ends this attempt, never the worker
-            self._fail(record, f"{type(exc).__name__}: {exc}")
-            return
+        with tracing.tracer.start_as_current_span("connect", attributes={"peer": entry.peer_id}) as span:
+            try:
+                await self._establish(peer_id, entry, record, started)
+                await self.prove(peer_id, record)
+            except Exception as exc:  # any fault with this one peer ends this attempt, never the worker
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                self._fail(record, f"{type(exc).__name__}: {exc}")
+                return
+            finally:
+                span.set_attributes({"path": record.path, "initiated_by": record.initiated_by})
         record.connect_seconds = round(time.monotonic() - started, 4)
         record.error = None
         metrics.CONNECTIONS.labels(record.path).inc()
@@ -177,10 +183,12 @@ class Connector:
             record.path = "relayed"
             return
         metrics.HOLEPUNCH_ATTEMPTS.inc()
-        with trio.move_on_after(self.timeouts.holepunch):
-            await self.puncher.initiate_hole_punch(peer_id)
-        # The peer dials us back during the exchange; its connection may land just after ours gave up.
-        await self._await_direct(peer_id, record, relayed_at, PEER_DIAL_GRACE)
+        with tracing.tracer.start_as_current_span("holepunch", attributes={"peer": str(peer_id)}) as span:
+            with trio.move_on_after(self.timeouts.holepunch):
+                await self.puncher.initiate_hole_punch(peer_id)
+            # The peer dials us back during the exchange; its connection may land just after ours gave up.
+            await self._await_direct(peer_id, record, relayed_at, PEER_DIAL_GRACE)
+            span.set_attribute("path", record.path)
 
     async def _await_direct(self, peer_id: ID, record: PeerPath, relayed_at: float, patience: float) -> None:
         with trio.move_on_after(patience):

@@ -19,6 +19,7 @@ from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.tools.anyio_service import background_trio_service
 
+from rendezvous import tracing
 from worker import echo, httpd, metrics
 from worker.addresses import own_addrs
 from worker.backoff import Backoff
@@ -125,7 +126,9 @@ class Worker:
             due = now >= refresh_at or addrs != self.registered_addrs
             if due and now >= next_try and addrs and not self._stopping:
                 try:
-                    answer = await self.rendezvous.register(self.settings.namespace, addrs, self.settings.ttl)
+                    with tracing.tracer.start_as_current_span("register", attributes={"namespace": self.settings.namespace,
+                                                                                    "addrs": len(addrs)}):
+                        answer = await self.rendezvous.register(self.settings.namespace, addrs, self.settings.ttl)
                 except RendezvousError as exc:
                     delay = backoff.next_delay(exc.retry_after)
                     if not exc.retryable:
@@ -206,7 +209,8 @@ class Worker:
         backoff = Backoff()
         while True:
             try:
-                entries = await self.rendezvous.discover(self.settings.namespace)
+                with tracing.tracer.start_as_current_span("discover", attributes={"namespace": self.settings.namespace}):
+                    entries = await self.rendezvous.discover(self.settings.namespace)
             except RendezvousError as exc:
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s", extra={"retry_in": round(delay, 2)})

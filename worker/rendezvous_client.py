@@ -10,7 +10,9 @@ import json
 import logging
 
 import httpx
+from opentelemetry.trace import SpanKind, StatusCode
 
+from rendezvous import tracing
 from rendezvous.registration import sign_registration, sign_unregistration
 from worker.identity import Identity
 
@@ -91,10 +93,16 @@ class RendezvousClient:
         return list(peers.values())
 
     async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
-        try:
-            response = await self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RendezvousError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+        with tracing.tracer.start_as_current_span(f"{method} {path}", kind=SpanKind.CLIENT) as span:
+            headers = dict(kwargs.pop("headers", None) or {})
+            tracing.inject(headers)  # traceparent: the rendezvous continues this trace
+            try:
+                response = await self.http.request(method, path, headers=headers, **kwargs)
+            except httpx.HTTPError as exc:
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+                raise RendezvousError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+            span.set_attributes({"http.request.method": method, "http.response.status_code": response.status_code,
+                                 "url.full": f"{self.base_url}{path}"})
         if response.status_code < 400:
             return response
         code, message = None, response.text[:200]
