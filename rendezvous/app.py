@@ -53,8 +53,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    with tracing.tracer.start_as_current_span(f"{request.method} {route}", kind=SpanKind.SERVER,
-                                              context=tracing.extract(request.headers)) as span:
+    with tracing.span(f"{request.method} {route}", SpanKind.SERVER, headers=request.headers) as span:
         response = await _respond(request, handler)
         span.set_attributes({"http.request.method": request.method, "http.route": route,
                              "http.response.status_code": response.status})

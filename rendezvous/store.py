@@ -112,8 +112,7 @@ class Store:
     async def _execute(self, batch: "_Batch") -> list:
         """One round trip to Redis, timed and traced."""
         operation = "+".join(batch.names)  # a handful of fixed combinations: rate+register, rate+discover, ...
-        with tracing.tracer.start_as_current_span(f"redis {operation}", kind=SpanKind.CLIENT) as span:
-            span.set_attributes({"db.system": "redis", "db.operation.name": operation})
+        with tracing.span(f"redis {operation}", SpanKind.CLIENT, {"db.system": "redis", "db.operation.name": operation}):
             started = time.perf_counter()
             try:
                 return await self.redis.execute(batch.commands)

@@ -6,7 +6,7 @@ locals {
 }
 
 resource "google_project_service" "apis" {
-  for_each           = toset(["run.googleapis.com", "redis.googleapis.com", "compute.googleapis.com", "artifactregistry.googleapis.com", "secretmanager.googleapis.com", "cloudbuild.googleapis.com", "iam.googleapis.com"])
+  for_each           = toset(["run.googleapis.com", "redis.googleapis.com", "compute.googleapis.com", "artifactregistry.googleapis.com", "secretmanager.googleapis.com", "cloudbuild.googleapis.com", "iam.googleapis.com", "monitoring.googleapis.com"])
   service            = each.value
   disable_on_destroy = false
 }

@@ -79,7 +79,7 @@ class Connector:
         peer_id = ID.from_base58(entry.peer_id)
         record.attempts += 1
         started = time.monotonic()
-        with tracing.tracer.start_as_current_span("connect", attributes={"peer": entry.peer_id}) as span:
+        with tracing.span("connect", attributes={"peer": entry.peer_id}) as span:
             try:
                 await self._establish(peer_id, entry, record, started)
                 await self.prove(peer_id, record)
@@ -183,7 +183,7 @@ class Connector:
             record.path = "relayed"
             return
         metrics.HOLEPUNCH_ATTEMPTS.inc()
-        with tracing.tracer.start_as_current_span("holepunch", attributes={"peer": str(peer_id)}) as span:
+        with tracing.span("holepunch", attributes={"peer": str(peer_id)}) as span:
             with trio.move_on_after(self.timeouts.holepunch):
                 await self.puncher.initiate_hole_punch(peer_id)
             # The peer dials us back during the exchange; its connection may land just after ours gave up.

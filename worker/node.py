@@ -126,8 +126,7 @@ class Worker:
             due = now >= refresh_at or addrs != self.registered_addrs
             if due and now >= next_try and addrs and not self._stopping:
                 try:
-                    with tracing.tracer.start_as_current_span("register", attributes={"namespace": self.settings.namespace,
-                                                                                    "addrs": len(addrs)}):
+                    with tracing.span("register", attributes={"namespace": self.settings.namespace, "addrs": len(addrs)}):
                         answer = await self.rendezvous.register(self.settings.namespace, addrs, self.settings.ttl)
                 except RendezvousError as exc:
                     delay = backoff.next_delay(exc.retry_after)
@@ -209,7 +208,7 @@ class Worker:
         backoff = Backoff()
         while True:
             try:
-                with tracing.tracer.start_as_current_span("discover", attributes={"namespace": self.settings.namespace}):
+                with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
                     entries = await self.rendezvous.discover(self.settings.namespace)
             except RendezvousError as exc:
                 delay = backoff.next_delay(exc.retry_after)

@@ -93,7 +93,7 @@ class RendezvousClient:
         return list(peers.values())
 
     async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
-        with tracing.tracer.start_as_current_span(f"{method} {path}", kind=SpanKind.CLIENT) as span:
+        with tracing.span(f"{method} {path}", SpanKind.CLIENT) as span:
             headers = dict(kwargs.pop("headers", None) or {})
             tracing.inject(headers)  # traceparent: the rendezvous continues this trace
             try:
