@@ -27,8 +27,11 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --find-links /wheels -c /src/constraints.txt /src
 
 FROM ${PYTHON_IMAGE}
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PORT=8080 HOME=/home/app
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PORT=8080 HOME=/home/app WEB_DIR=/opt/web
 COPY --from=build /opt/venv /opt/venv
+# The browser demo: web/dist is built beforehand by scripts/build-web.sh (esbuild; Cloud Build's web step).
+COPY web/index.html /opt/web/index.html
+COPY web/dist/app.js /opt/web/dist/app.js
 # A numeric, unprivileged user; identity files default to its home directory.
 RUN useradd --uid 10001 --create-home --home-dir /home/app --shell /usr/sbin/nologin app
 USER 10001

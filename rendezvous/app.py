@@ -7,7 +7,7 @@ from aiohttp import web
 
 from opentelemetry.trace import SpanKind
 
-from rendezvous import api, metrics, tracing
+from rendezvous import api, demo, metrics, tracing
 from rendezvous.cookie import CookieCodec
 from rendezvous.errors import ApiError, ErrorCode
 from rendezvous.settings import Settings
@@ -103,4 +103,5 @@ def create_app(settings: Settings) -> web.Application:
     if settings.libp2p_tcp_port is not None:
         app.cleanup_ctx.append(libp2p_door_lifecycle)
     api.add_routes(app)
+    demo.add_routes(app)
     return app

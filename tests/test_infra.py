@@ -115,3 +115,4 @@ def test_the_image_builds_runs_as_non_root_serves_healthz_and_takes_a_registrati
         pytest.skip(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "healthz 200" in result.stdout and "registration 201" in result.stdout and "uid=10001" in result.stdout
+    assert "demo page 200 bundle 200" in result.stdout

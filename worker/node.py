@@ -20,7 +20,7 @@ from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.tools.anyio_service import background_trio_service
 
 from rendezvous import tracing
-from worker import echo, httpd, metrics
+from worker import chat, echo, httpd, metrics
 from worker.addresses import own_addrs
 from worker.backoff import Backoff
 from worker.connector import Connector, PeerPath, Timeouts
@@ -56,6 +56,7 @@ class Worker:
         self.registered_addrs: list[str] = []
         self.http_port: int | None = None
         self._busy: set[str] = set()
+        self._chatting: set[str] = set()
         self._connect_slots = trio.Semaphore(MAX_CONCURRENT_CONNECTS)
         self._relay_backoff: dict[str, tuple[Backoff, float]] = {}
         self._stopping = False  # set on SIGTERM: no registration may follow the unregistration
@@ -70,6 +71,7 @@ class Worker:
             if self.puncher is not None:
                 await nursery.start(self._run_service, self.puncher)
             self.host.set_stream_handler(echo.PROTOCOL, echo.serve)
+            self.host.set_stream_handler(chat.PROTOCOL, chat.handler(self.peer_id))
             if self.settings.port is not None:
                 self.http_port = await nursery.start(httpd.serve, self.settings.http_host, self.settings.port,
                                                      self.routes())
@@ -222,7 +224,7 @@ class Worker:
             for entry in self._choose(others):
                 if entry.peer_id not in self._busy:
                     self._busy.add(entry.peer_id)
-                    nursery.start_soon(self._tend_peer, entry)
+                    nursery.start_soon(self._tend_peer, entry, nursery)
             self._count_paths()
             await trio.sleep(self.settings.discover_interval)
 
@@ -241,7 +243,7 @@ class Worker:
         room = max(0, self.settings.connect - len(held))
         return held[: self.settings.connect] + random.sample(rest, min(room, len(rest)))
 
-    async def _tend_peer(self, entry: PeerEntry) -> None:
+    async def _tend_peer(self, entry: PeerEntry, nursery: trio.Nursery) -> None:
         """Connect to one peer, or check that its connection still carries our echo."""
         try:
             record = self.peers.setdefault(entry.peer_id, PeerPath(entry.peer_id))
@@ -251,8 +253,21 @@ class Worker:
                 async with self._connect_slots:
                     await self._yield_to_lower_id(entry)
                     await self.connector.connect(entry, record)
+                if record.connected and self.settings.chat_greeting and entry.peer_id not in self._chatting:
+                    self._chatting.add(entry.peer_id)
+                    nursery.start_soon(self._chat, entry.peer_id)
         finally:
             self._busy.discard(entry.peer_id)
+
+    async def _chat(self, peer_id: str) -> None:
+        """Greet a peer over our chat protocol and answer it for as long as it talks (the browser demo)."""
+        try:
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [chat.PROTOCOL])
+            await chat.converse(stream, self.peer_id, self.settings.chat_greeting)
+        except Exception as exc:
+            log.info("chat: could not talk to the peer", extra={"peer": peer_id, "error": repr(exc)})
+        finally:
+            self._chatting.discard(peer_id)
 
     async def _yield_to_lower_id(self, entry: PeerEntry) -> None:
         # When two workers discover each other at once, both would dial and end with two connections (and

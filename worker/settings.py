@@ -71,6 +71,8 @@ OPTIONS = [
     Option("--holepunch-timeout", "HOLEPUNCH_TIMEOUT", positive_float, "10",
            "seconds allowed for a DCUtR upgrade of a relayed connection (the library makes up to 3 attempts)"),
     Option("--holepunch", "HOLEPUNCH", boolean, "true", "upgrade relayed connections to direct ones with DCUtR"),
+    Option("--chat-greeting", "CHAT_GREETING", str, "",
+           "when set, open our chat protocol to every peer we connect to and say this first (browser demo)"),
     Option("--log-level", "LOG_LEVEL", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -94,6 +96,7 @@ class WorkerSettings:
     relay_dial_timeout: float
     holepunch_timeout: float
     holepunch: bool
+    chat_greeting: str
     log_level: str
 
     @classmethod

@@ -1,0 +1,134 @@
+"""The browser demo in real headless Chromium (Debian's, driven by playwright-core): two pages chat over a
+direct WebRTC connection found through the rendezvous; one page chats with a Python worker over the relay."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.p2p import BIN, rendezvous_process
+
+WEB = pathlib.Path(__file__).resolve().parents[1] / "web"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def missing() -> str | None:
+    if os.environ.get("HOLEPUNCH_SKIP_BROWSER"):
+        return "HOLEPUNCH_SKIP_BROWSER is set (Cloud Build's test step has no browser)"
+    if shutil.which("node") is None:
+        return "node is not installed (scripts/test.sh installs it)"
+    if not pathlib.Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is not installed (scripts/test.sh installs Debian's chromium)"
+    if not (WEB / "node_modules" / "playwright-core").exists() or not (WEB / "dist" / "app.js").exists():
+        return "web/ is not built: run npm ci && npm run build in web/ (scripts/test.sh does)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"browser demo: {missing()}")
+
+
+class Process:
+    def __init__(self, command: str, env: dict[str, str]):
+        self.proc = subprocess.Popen([str(BIN / command)], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wait_for(url: str, check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check(httpx.get(url, timeout=2))
+            if value:
+                return value
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never became ready")
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """The rendezvous (serving the page) and a relay that registers its WebSocket address there."""
+    with rendezvous_process() as url:
+        relay_http = free_port()
+        relay = Process("relay", {"IDENTITY_FILE": str(tmp_path / "relay.key"), "LISTEN_HOST": "127.0.0.1",
+                                  "TCP_PORT": str(free_port()), "WS_PORT": str(free_port()), "QUIC_PORT": "off",
+                                  "PORT": str(relay_http), "RENDEZVOUS_SERVICE_URL": url})
+        try:
+            wait_for(f"{url}/demo/config", lambda r: r.json()["relays"])  # the page learns the relay from here
+            yield url, relay_http
+        finally:
+            relay.stop()
+
+
+def run_browsers(url: str, shots: pathlib.Path, mode: str = "pair") -> dict:
+    result = subprocess.run(["node", "test/e2e.mjs", f"{url}/", str(shots), mode], cwd=WEB, capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_path):
+    url, _ = stack
+    outcome = run_browsers(url, tmp_path)
+    assert outcome["path"] == "direct WebRTC" and outcome["rtt"].endswith("ms")
+    assert outcome["a"] != outcome["b"] and outcome["a"].startswith("12D3KooW")
+    assert (tmp_path / "host.png").stat().st_size > 10_000 and (tmp_path / "join.png").stat().st_size > 10_000
+
+
+def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
+    url, relay_http = stack
+    relay_status = httpx.get(f"http://127.0.0.1:{relay_http}/status").json()
+    relay_tcp = next(a for a in relay_status["multiaddrs"] if "/ws" not in a and "/tcp/" in a)
+    worker_http = free_port()
+    worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1",
+                                "TCP_PORT": "0", "WS_PORT": "off", "PORT": str(worker_http), "NAMESPACE": "browser-demo",
+                                "RENDEZVOUS_SERVICE_URL": url, "LIBP2P_RELAY_BOOTSTRAP": relay_tcp})
+    try:
+        status = wait_for(f"http://127.0.0.1:{worker_http}/status",
+                          lambda r: r.json() if any("/p2p-circuit" in a for a in r.json()["registered_addrs"]) else None)
+        outcome = run_browsers(url, tmp_path, f"worker:{status['peer_id']}")
+    finally:
+        worker.stop()
+    assert outcome["path"] == "relayed" and "heard: hello worker" in outcome["log"]
+
+
+def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_path):
+    url, relay_http = stack
+    relay_status = httpx.get(f"http://127.0.0.1:{relay_http}/status").json()
+    relay_tcp = next(a for a in relay_status["multiaddrs"] if "/ws" not in a and "/tcp/" in a)
+    browser = subprocess.Popen(["node", "test/e2e.mjs", f"{url}/", str(tmp_path), "host-for-worker"], cwd=WEB,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "CHROMIUM": CHROMIUM})
+    worker = None
+    try:
+        hosting = json.loads(browser.stdout.readline())  # the page is hosting: now the worker may find it
+        assert hosting["host"].startswith("12D3KooW")
+        worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1",
+                                    "TCP_PORT": "0", "WS_PORT": "off", "PORT": str(free_port()),
+                                    "NAMESPACE": "browser-demo", "RENDEZVOUS_SERVICE_URL": url, "HOLEPUNCH": "false",
+                                    "LIBP2P_RELAY_BOOTSTRAP": relay_tcp, "CHAT_GREETING": "hello from a worker",
+                                    "DISCOVER_INTERVAL": "1"})
+        out, err = browser.communicate(timeout=120)
+        assert browser.returncode == 0, out[-2000:] + err[-2000:]
+    finally:
+        browser.kill()
+        if worker is not None:
+            worker.stop()
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["path"] == "relayed" and "heard: hello to you too" in outcome["log"]

@@ -1,0 +1,214 @@
+// The demo page: host (reserve at the relay, register at the rendezvous) or join (discover, dial through
+// the relay, upgrade to direct WebRTC), then chat. Everything the page needs to know about the relay comes
+// from the rendezvous (/demo/config); nothing is hard-coded.
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
+import { identify } from '@libp2p/identify'
+import { RecordEnvelope } from '@libp2p/peer-record'
+import { ping } from '@libp2p/ping'
+import { lpStream } from '@libp2p/utils'
+import { webRTC } from '@libp2p/webrtc'
+import { webSockets } from '@libp2p/websockets'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+
+const CHAT = '/holepunch-services/chat/1.0.0'
+const ECHO = '/holepunch-services/echo/1.0.0'
+const DOMAIN = 'holepunch-services:rendezvous'
+const REGISTER_TYPE = new TextEncoder().encode('/holepunch-services/register/1')
+const TTL = 120
+const KEY_STORAGE = 'holepunch-services-demo-key'
+const $ = (id) => document.getElementById(id)
+
+let node, config, chat
+const state = { refreshTimer: null, key: null }
+
+function show (id, text, cls) { $(id).textContent = text; if (cls !== undefined) $(id).className = cls }
+function say (text, who = 'sys') {
+  const line = document.createElement('div')
+  line.className = who
+  line.textContent = who === 'sys' ? text : `${who === 'me' ? 'you' : 'peer'}: ${text}`
+  $('log').append(line)
+  $('log').scrollTop = $('log').scrollHeight
+}
+function fail (text) { $('error').textContent = text; say(text) }
+
+async function identity () {
+  const stored = localStorage.getItem(KEY_STORAGE)
+  if (stored) return privateKeyFromProtobuf(Uint8Array.from(atob(stored), (c) => c.charCodeAt(0)))
+  const key = await generateKeyPair('Ed25519')
+  localStorage.setItem(KEY_STORAGE, btoa(String.fromCharCode(...privateKeyToProtobuf(key))))
+  return key
+}
+
+async function start () {
+  if (node) return node
+  const response = await fetch('/demo/config').catch(() => null)
+  if (!response || !response.ok) throw new Error('the rendezvous is unreachable (GET /demo/config failed)')
+  config = await response.json()
+  $('namespace').textContent = config.namespace
+  if (config.relays.length === 0) throw new Error('the rendezvous knows no relay with a WebSocket address')
+  state.key = await identity()
+  node = await createLibp2p({
+    privateKey: state.key,
+    addresses: { listen: ['/p2p-circuit', '/webrtc'] },
+    transports: [webSockets(), webRTC({ rtcConfiguration: { iceServers: config.iceServers } }), circuitRelayTransport()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    // the browser's default gater refuses ws:// and private addresses; the relay's come from our own service
+    connectionGater: { denyDialMultiaddr: async () => false },
+    services: { identify: identify(), ping: ping() }
+  })
+  await node.handle(CHAT, (stream, connection) => attach(stream, connection), { runOnLimitedConnection: true })
+  // workers prove a connection with our echo protocol: answer it, so they can reach a browser host too
+  await node.handle(ECHO, async (stream) => {
+    const lp = lpStream(stream)
+    try { while (true) await lp.write((await lp.read()).subarray()) } catch { stream.abort?.(new Error('echo done')) }
+  }, { runOnLimitedConnection: true })
+  node.addEventListener('connection:open', (event) => showPath(event.detail))
+  node.addEventListener('peer:disconnect', (event) => {
+    if (chat && event.detail.equals(chat.peer)) { fail('the peer has gone'); setChatEnabled(false) }
+  })
+  show('me', node.peerId.toString())
+  return node
+}
+
+async function dialRelay () {
+  for (const addr of config.relays) {
+    try {
+      await node.dial(multiaddr(addr))
+      show('relay', addr)
+      return addr
+    } catch (err) { say(`relay ${addr} did not answer: ${err.message}`) }
+  }
+  throw new Error('no relay answered')
+}
+
+// our registration: the rendezvous's signed envelope (README, "The registration format")
+class Registration {
+  constructor (fields) { this.fields = fields; this.domain = DOMAIN; this.codec = REGISTER_TYPE }
+  marshal () { return new TextEncoder().encode(JSON.stringify(this.fields)) }
+  equals (other) { return other.marshal().toString() === this.marshal().toString() }
+}
+
+function nonce () { return btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16)))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '') }
+
+async function register () {
+  const self = node.peerId.toString()
+  const addrs = node.getMultiaddrs().map((a) => a.toString().replace(`/p2p/${self}`, '')).filter((a) => a.includes('/p2p-circuit'))
+  const fields = { peer: self, ns: config.namespace, addrs, ttl: TTL, ts: Date.now(), nonce: nonce() }
+  const envelope = await RecordEnvelope.seal(new Registration(fields), state.key)
+  const response = await fetch('/peers', { method: 'POST', body: envelope.marshal(), headers: { 'Content-Type': 'application/octet-stream' } })
+  if (!response.ok) throw new Error(`registration refused: ${(await response.json()).message}`)
+  return addrs
+}
+
+async function host () {
+  $('error').textContent = ''
+  try {
+    await start()
+    await dialRelay()
+    say('waiting for the relay reservation…')
+    while (!node.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit/webrtc'))) await new Promise((resolve) => setTimeout(resolve, 100))
+    const addrs = await register()
+    say(`hosting: registered ${addrs.length} address(es); waiting for someone to join`)
+    clearInterval(state.refreshTimer)
+    state.refreshTimer = setInterval(() => register().catch((err) => fail(err.message)), TTL * 500)
+    document.body.dataset.state = 'hosting'
+  } catch (err) { fail(err.message) }
+}
+
+async function join () {
+  $('error').textContent = ''
+  try {
+    await start()
+    await dialRelay()
+    const response = await fetch(`/peers?namespace=${encodeURIComponent(config.namespace)}`).catch(() => null)
+    if (!response || !response.ok) throw new Error('the rendezvous is unreachable (GET /peers failed)')
+    const hosts = (await response.json()).Peers.filter((p) => p.ID !== node.peerId.toString())
+    $('hosts').replaceChildren(...hosts.map((peer) => {
+      const item = document.createElement('li')
+      const button = document.createElement('button')
+      button.textContent = `chat with ${peer.ID.slice(0, 12)}…${peer.ID.slice(-6)}`
+      button.className = 'dial'
+      button.dataset.peer = peer.ID
+      button.onclick = () => dial(peer)
+      item.append(button)
+      return item
+    }))
+    say(hosts.length ? `${hosts.length} host(s) found` : 'no host yet: ask someone to click Host')
+  } catch (err) { fail(err.message) }
+}
+
+// A browser host registers <relay ws>/p2p-circuit/webrtc: dial that, and WebRTC takes over from the relay.
+// A worker registers <relay tcp>/p2p-circuit: reach it through our relay's WebSocket address instead.
+function target (peer) {
+  const webrtc = peer.Addrs.find((a) => a.includes('/p2p-circuit/webrtc'))
+  if (webrtc) return { addr: `${webrtc}/p2p/${peer.ID}`, how: 'the connection upgrades to direct WebRTC' }
+  for (const circuit of peer.Addrs.filter((a) => a.endsWith('/p2p-circuit'))) {
+    const relayId = circuit.split('/p2p/')[1]?.split('/')[0]
+    const ws = config.relays.find((r) => r.endsWith(`/p2p/${relayId}`))
+    if (ws) return { addr: `${ws}/p2p-circuit/p2p/${peer.ID}`, how: 'a worker: the chat stays relayed' }
+  }
+  return null
+}
+
+async function dial (peer) {
+  try {
+    const found = target(peer)
+    if (!found) throw new Error('that peer registered no address this page can reach')
+    say(`dialing through the relay; ${found.how}…`)
+    const stream = await node.dialProtocol(multiaddr(found.addr), CHAT, { runOnLimitedConnection: true })
+    const connection = node.getConnections().find((c) => c.remotePeer.toString() === peer.ID && c.streams.includes(stream))
+    attach(stream, connection)
+  } catch (err) { fail(`cannot reach that host: ${err.message}`) }
+}
+
+function attach (stream, connection) {
+  const lp = lpStream(stream)
+  chat = { lp, peer: connection.remotePeer }
+  show('peer', connection.remotePeer.toString())
+  showPath(connection)
+  setChatEnabled(true)
+  say('connected')
+  ;(async () => {
+    try {
+      while (true) say(new TextDecoder().decode((await lp.read()).subarray()), 'them')
+    } catch { if (chat && chat.lp === lp) { say('the chat stream ended'); setChatEnabled(false) } }
+  })()
+  measure()
+}
+
+function showPath (connection) {
+  if (!chat || !connection.remotePeer.equals(chat.peer)) return
+  // a WebRTC connection keeps the circuit address it was signalled over (…/p2p-circuit/webrtc/…), but its
+  // traffic flows peer to peer; a relayed connection carries the relay's limits
+  const addr = connection.remoteAddr.toString()
+  const direct = addr.includes('/webrtc') && connection.limits == null
+  show('path', direct ? 'direct WebRTC' : 'relayed', direct ? 'direct' : 'relayed')
+  document.body.dataset.path = direct ? 'direct' : 'relayed'
+}
+
+async function measure () {
+  if (!chat) return
+  for (const connection of node.getConnections(chat.peer)) showPath(connection)
+  try { show('rtt', `${Math.round(await node.services.ping.ping(chat.peer))} ms`) } catch { /* a limited connection may refuse ping */ }
+  setTimeout(measure, 2000)
+}
+
+function setChatEnabled (on) { $('message').disabled = !on; $('send').disabled = !on }
+
+$('host').onclick = host
+$('join').onclick = join
+$('chat').onsubmit = async (event) => {
+  event.preventDefault()
+  const text = $('message').value.trim()
+  if (!text || !chat) return
+  try {
+    await chat.lp.write(new TextEncoder().encode(text))
+    say(text, 'me')
+    $('message').value = ''
+  } catch (err) { fail(`sending failed: ${err.message}`) }
+}

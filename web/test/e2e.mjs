@@ -1,0 +1,102 @@
+// Two real browsers (Debian's headless Chromium): A hosts, B joins, they chat both ways, and B's page must
+// report a direct WebRTC connection. Usage: node test/e2e.mjs <page URL> <screenshot directory>
+import { chromium } from 'playwright-core'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+// mode "pair" (default): two browsers; "worker:<peer ID>": one browser joins that Python worker and chats;
+// "host-for-worker": one browser hosts and a Python worker (started with CHAT_GREETING) comes to chat
+const [url, shots, mode = 'pair'] = process.argv.slice(2)
+const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--allow-loopback-in-peer-connection',
+  '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream']
+
+async function browser (name) {
+  // a fresh profile each, so the two pages have their own identity in localStorage
+  const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), `hp-${name}-`)), {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ARGS
+  })
+  // Chromium offers loopback ICE candidates only to pages allowed the microphone and camera
+  await context.grantPermissions(['microphone', 'camera'], { origin: new URL(url).origin })
+  const page = await context.newPage()
+  page.on('console', (message) => { if (message.type() === 'error') console.error(`[${name}] ${message.text()}`) })
+  await page.goto(url)
+  return { context, page }
+}
+
+const logHas = (page, text) => page.waitForFunction((t) => document.getElementById('log').innerText.includes(t), text, { timeout: 30000 })
+
+if (mode === 'host-for-worker') {
+  const solo = await browser('host')
+  try {
+    await solo.page.click('#host')
+    await solo.page.waitForFunction(() => document.body.dataset.state === 'hosting', null, { timeout: 30000 })
+    console.log(JSON.stringify({ host: await solo.page.textContent('#me') }))  // the harness starts the worker now
+    await logHas(solo.page, 'peer: hello from a worker')
+    await solo.page.fill('#message', 'hello to you too')
+    await solo.page.click('#send')
+    await logHas(solo.page, 'heard: hello to you too')
+    await solo.page.screenshot({ path: join(shots, 'host-worker-chat.png'), fullPage: true })
+    console.log(JSON.stringify({ path: await solo.page.textContent('#path'), log: await solo.page.textContent('#log') }))
+  } catch (err) {
+    console.error(`[host] log: ${await solo.page.textContent('#log')} | error: ${await solo.page.textContent('#error')}`)
+    throw err
+  } finally {
+    await solo.context.close()
+  }
+  process.exit(0)
+}
+
+if (mode.startsWith('worker:')) {
+  const workerId = mode.slice('worker:'.length)
+  const solo = await browser('solo')
+  try {
+    await solo.page.click('#join')
+    await solo.page.click(`button.dial[data-peer="${workerId}"]`, { timeout: 30000 })
+    await solo.page.waitForFunction(() => !document.getElementById('message').disabled, null, { timeout: 30000 })
+    await solo.page.fill('#message', 'hello worker')
+    await solo.page.click('#send')
+    await logHas(solo.page, 'heard: hello worker')
+    await solo.page.screenshot({ path: join(shots, 'worker-chat.png'), fullPage: true })
+    console.log(JSON.stringify({ path: await solo.page.textContent('#path'), log: await solo.page.textContent('#log') }))
+  } catch (err) {
+    console.error(`[solo] log: ${await solo.page.textContent('#log')} | error: ${await solo.page.textContent('#error')}`)
+    throw err
+  } finally {
+    await solo.context.close()
+  }
+  process.exit(0)
+}
+
+const a = await browser('a')
+const b = await browser('b')
+try {
+  await a.page.click('#host')
+  await a.page.waitForFunction(() => document.body.dataset.state === 'hosting', null, { timeout: 30000 })
+  const hostId = await a.page.textContent('#me')
+  await b.page.click('#join')
+  // the namespace may still list hosts that left (until their TTL runs out): pick A
+  await b.page.click(`button.dial[data-peer="${hostId}"]`, { timeout: 30000 })
+  await b.page.waitForFunction(() => document.body.dataset.path === 'direct', null, { timeout: 30000 })
+  await b.page.fill('#message', 'hello from B')
+  await b.page.click('#send')
+  await logHas(a.page, 'peer: hello from B')
+  await a.page.fill('#message', 'hello back from A')
+  await a.page.click('#send')
+  await logHas(b.page, 'peer: hello back from A')
+  const path = await b.page.textContent('#path')
+  const rtt = await b.page.textContent('#rtt')
+  await a.page.screenshot({ path: join(shots, 'host.png'), fullPage: true })
+  await b.page.screenshot({ path: join(shots, 'join.png'), fullPage: true })
+  console.log(JSON.stringify({ path, rtt, a: await a.page.textContent('#me'), b: await b.page.textContent('#me') }))
+} catch (err) {
+  for (const [name, side] of [['a', a], ['b', b]]) {
+    console.error(`[${name}] log: ${await side.page.textContent('#log')} | error: ${await side.page.textContent('#error')}`)
+    await side.page.screenshot({ path: join(shots, `failed-${name}.png`), fullPage: true }).catch(() => {})
+  }
+  throw err
+} finally {
+  await a.context.close()
+  await b.context.close()
+}
