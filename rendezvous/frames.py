@@ -49,3 +49,11 @@ class FrameReader:
         frame = bytes(self.buffer[offset:offset + length])
         del self.buffer[:offset + length]
         return frame
+
+
+async def close_quietly(stream) -> None:
+    """Close a stream whose peer may already be gone; there is nothing to do about a failure here."""
+    try:
+        await stream.close()
+    except Exception:
+        pass

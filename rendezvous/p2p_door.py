@@ -18,7 +18,7 @@ from rendezvous import wire
 from rendezvous.bridge import AsyncioPortal, TrioThread
 from rendezvous.cookie import CookieCodec
 from rendezvous.door import Caller, Door
-from rendezvous.frames import FrameError, FrameReader, encode_frame
+from rendezvous.frames import FrameError, FrameReader, close_quietly, encode_frame
 from rendezvous.settings import Settings
 from rendezvous.store import Store, open_store
 
@@ -59,10 +59,7 @@ class DoorHandler:
         except Exception as exc:  # the peer reset the stream, or the store failed beyond its own statuses
             log.warning("rendezvous: stream ended", extra={"peer": peer, "error": repr(exc)})
         finally:
-            try:
-                await stream.close()
-            except Exception:
-                pass
+            await close_quietly(stream)
 
 
 def remote_ip(stream: INetStream) -> str:

@@ -8,7 +8,7 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 
-from rendezvous.frames import FrameError, FrameReader, encode_frame
+from rendezvous.frames import FrameError, FrameReader, close_quietly, encode_frame
 
 PROTOCOL = TProtocol("/holepunch-services/chat/1.0.0")
 MAX_MESSAGE = 4096
@@ -41,7 +41,4 @@ async def converse(stream: INetStream, me: str, greeting: str | None = None) -> 
     except Exception as exc:
         log.info("chat: stream ended", extra={"peer": peer, "error": repr(exc)})
     finally:
-        try:
-            await stream.close()
-        except Exception:
-            pass
+        await close_quietly(stream)

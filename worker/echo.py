@@ -43,7 +43,7 @@ async def serve(stream: INetStream) -> None:
     except Exception as exc:  # a reset or a vanished peer: this stream is over, nothing else is
         log.info("echo: stream ended", extra={"peer": str(peer), "error": repr(exc)})
     finally:
-        await _close_quietly(stream)
+        await frames.close_quietly(stream)
 
 
 class EchoClient:
@@ -64,11 +64,4 @@ class EchoClient:
         return elapsed
 
     async def close(self) -> None:
-        await _close_quietly(self.stream)
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception:
-        pass
+        await frames.close_quietly(self.stream)
