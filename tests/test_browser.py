@@ -89,6 +89,8 @@ def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_
     assert outcome["path"] == "direct WebRTC" and outcome["rtt"].endswith("ms")
     assert outcome["a"] != outcome["b"] and outcome["a"].startswith("12D3KooW")
     assert (tmp_path / "host.png").stat().st_size > 10_000 and (tmp_path / "join.png").stat().st_size > 10_000
+    hosts = httpx.get(f"{url}/peers", params={"namespace": "browser-demo"}).json()["Peers"]
+    assert outcome["a"] not in {p["ID"] for p in hosts}  # A unregistered when its page closed
 
 
 def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):

@@ -18,6 +18,7 @@ const CHAT = '/holepunch-services/chat/1.0.0'
 const ECHO = '/holepunch-services/echo/1.0.0'
 const DOMAIN = 'holepunch-services:rendezvous'
 const REGISTER_TYPE = new TextEncoder().encode('/holepunch-services/register/1')
+const UNREGISTER_TYPE = new TextEncoder().encode('/holepunch-services/unregister/1')
 const TTL = 120
 const KEY_STORAGE = 'holepunch-services-demo-key'
 const $ = (id) => document.getElementById(id)
@@ -88,7 +89,7 @@ async function dialRelay () {
 
 // our registration: the rendezvous's signed envelope (README, "The registration format")
 class Registration {
-  constructor (fields) { this.fields = fields; this.domain = DOMAIN; this.codec = REGISTER_TYPE }
+  constructor (fields, codec = REGISTER_TYPE) { this.fields = fields; this.domain = DOMAIN; this.codec = codec }
   marshal () { return new TextEncoder().encode(JSON.stringify(this.fields)) }
   equals (other) { return other.marshal().toString() === this.marshal().toString() }
 }
@@ -105,6 +106,17 @@ async function register () {
   return addrs
 }
 
+// Leaving the page: a signed unregistration, sent with keepalive so it outlives the page, and the host
+// disappears from other pages' lists at once rather than when its TTL runs out.
+let goodbye = null
+async function prepareGoodbye () {
+  const fields = { peer: node.peerId.toString(), ns: config.namespace, ts: Date.now(), nonce: nonce() }
+  goodbye = (await RecordEnvelope.seal(new Registration(fields, UNREGISTER_TYPE), state.key)).marshal()
+}
+window.addEventListener('pagehide', () => {
+  if (goodbye) fetch(`/peers/${node.peerId}`, { method: 'DELETE', body: goodbye, keepalive: true })
+})
+
 async function host () {
   $('error').textContent = ''
   try {
@@ -113,9 +125,11 @@ async function host () {
     say('waiting for the relay reservation…')
     while (!node.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit/webrtc'))) await new Promise((resolve) => setTimeout(resolve, 100))
     const addrs = await register()
+    await prepareGoodbye()
     say(`hosting: registered ${addrs.length} address(es); waiting for someone to join`)
     clearInterval(state.refreshTimer)
-    state.refreshTimer = setInterval(() => register().catch((err) => fail(err.message)), TTL * 500)
+    // re-sign the goodbye with each refresh: the rendezvous accepts a signed request for 60 s only
+    state.refreshTimer = setInterval(() => register().then(prepareGoodbye).catch((err) => fail(err.message)), 50 * 1000)
     document.body.dataset.state = 'hosting'
   } catch (err) { fail(err.message) }
 }

@@ -89,7 +89,10 @@ try {
   const rtt = await b.page.textContent('#rtt')
   await a.page.screenshot({ path: join(shots, 'host.png'), fullPage: true })
   await b.page.screenshot({ path: join(shots, 'join.png'), fullPage: true })
-  console.log(JSON.stringify({ path, rtt, a: await a.page.textContent('#me'), b: await b.page.textContent('#me') }))
+  const ids = { a: await a.page.textContent('#me'), b: await b.page.textContent('#me') }
+  await a.page.close({ runBeforeUnload: true })  // A leaves: its page unregisters on the way out
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  console.log(JSON.stringify({ path, rtt, ...ids }))
 } catch (err) {
   for (const [name, side] of [['a', a], ['b', b]]) {
     console.error(`[${name}] log: ${await side.page.textContent('#log')} | error: ${await side.page.textContent('#error')}`)
