@@ -17,7 +17,7 @@ DEMO_NAMESPACE = os.environ.get("DEMO_NAMESPACE", "browser-demo")
 RELAY_NAMESPACE = os.environ.get("RELAY_NAMESPACE", "relays")
 CONFIGURED_RELAYS = [a.strip() for a in os.environ.get("DEMO_RELAY_ADDRS", "").split(",") if a.strip()]
 ICE_SERVERS = [{"urls": url.strip()} for url in os.environ.get("DEMO_ICE_SERVERS", "").split(",") if url.strip()]
-NOT_BUILT = ("The demo page is not built: run `npm ci && npm run build` in web/ (scripts/run.sh does).\n")
+NOT_BUILT = "The demo page is not built: run scripts/build-web.sh (scripts/run.sh does).\n"
 
 
 async def page(request: web.Request) -> web.StreamResponse:

@@ -5,8 +5,9 @@ resource "google_compute_address" "relay" {
 
 locals {
   relay_env = {
-    IDENTITY_KEY_SECRET    = "${google_secret_manager_secret.secret["relay_identity"].id}/versions/latest"
-    ANNOUNCE_ADDRS         = "/ip4/${google_compute_address.relay.address}/tcp/4001,/ip4/${google_compute_address.relay.address}/udp/4001/quic-v1"
+    IDENTITY_KEY_SECRET = "${google_secret_manager_secret.secret["relay_identity"].id}/versions/latest"
+    # the wss:// address is the load balancer's (lb.tf); browsers learn it from the relay's registration
+    ANNOUNCE_ADDRS         = "/ip4/${google_compute_address.relay.address}/tcp/4001,/ip4/${google_compute_address.relay.address}/udp/4001/quic-v1,/dns4/${var.relay_domain}/tcp/443/wss"
     RENDEZVOUS_SERVICE_URL = "https://${var.domain}"
     PORT                   = "8082"
   }
