@@ -102,8 +102,10 @@ class Connector:
         kinds = connection_kinds(self.host, peer_id)
         if kinds:  # the peer dialed us first: adopt its connection instead of making a second one
             record.initiated_by = "them"
-            if "direct" in kinds:
+            if kinds == {"direct"}:
                 record.path = "direct"
+            elif "direct" in kinds:  # it came through the relay, and its DCUtR already made it direct
+                record.path = "hole-punched"
             else:
                 await self._await_direct(peer_id, record, time.monotonic(), self.timeouts.holepunch)
             return
