@@ -15,7 +15,7 @@ from rendezvous.errors import ApiError, ErrorCode
 from rendezvous.openapi import OPENAPI
 from rendezvous.registration import check_namespace, parse_registration, parse_unregistration
 from rendezvous.settings import Settings
-from rendezvous.store import Store
+from rendezvous.store import Store, peer_fragment, remaining_seconds
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,8 @@ def client_ip(request: web.Request) -> str:
 
 
 def peer_object(record: bytes, now_ms: int) -> bytes:
-    """A stored record (13-digit expiry + fragment) as the peer object sent out, with its remaining TTL."""
-    remaining_ms = int(record[:13]) - now_ms
-    return b'%s,"TTL":%d}' % (record[13:], (remaining_ms + 999) // 1000)
+    """A stored record as the peer object sent out, with its remaining TTL."""
+    return b'%s,"TTL":%d}' % (peer_fragment(record), remaining_seconds(record, now_ms))
 
 
 async def register(request: web.Request) -> web.Response:

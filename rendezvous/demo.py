@@ -3,7 +3,6 @@ the page uses and which relay WebSocket addresses it may dial, taken from DEMO_R
 relays' own registrations (namespace RELAY_NAMESPACE), so no address is ever written into the page."""
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from rendezvous import api
 from rendezvous.cookie import START
+from rendezvous.store import peer_fields
 
 WEB_DIR = pathlib.Path(os.environ.get("WEB_DIR", pathlib.Path(__file__).resolve().parents[1] / "web"))
 DEMO_NAMESPACE = os.environ.get("DEMO_NAMESPACE", "browser-demo")
@@ -44,7 +44,7 @@ async def _registered_ws_relays(request: web.Request) -> list[str]:
     listed = await store.discover(RELAY_NAMESPACE, START, 20, api.client_ip(request))
     found = []
     for record in listed.records:
-        peer = json.loads(record[13:] + b"}")
+        peer = peer_fields(record)
         found += [f"{addr}/p2p/{peer['ID']}" for addr in peer["Addrs"] if "/ws" in addr and "/p2p/" not in addr]
     return found
 

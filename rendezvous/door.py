@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import logging
 import os
 
@@ -22,7 +21,7 @@ from rendezvous.envelope import (PEER_RECORD_DOMAIN, b58decode, b58encode, check
 from rendezvous.errors import ApiError, ErrorCode
 from rendezvous.registration import Registration, check_addrs, namespace_problem
 from rendezvous.settings import Settings
-from rendezvous.store import Store
+from rendezvous.store import Store, peer_fields, remaining_seconds
 
 log = logging.getLogger("rendezvous.door")
 
@@ -172,8 +171,8 @@ class Door:
 
     @staticmethod
     def _entry(namespace: str, record: bytes, now_ms: int, legacy: bool) -> bytes | None:
-        ttl = max(1, (int(record[:13]) - now_ms + 999) // 1000)
-        peer = json.loads(record[13:] + b"}")
+        ttl = max(1, remaining_seconds(record, now_ms))
+        peer = peer_fields(record)
         if legacy:
             addrs = []
             for addr in peer["Addrs"]:

@@ -7,6 +7,7 @@ discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from typing import Any, Callable, Iterable
@@ -34,9 +35,29 @@ METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers ga
 @dataclasses.dataclass(frozen=True)
 class Page:
     now_ms: int
-    records: list[bytes]  # 13-digit expiry + peer object fragment
+    records: list[bytes]  # 13-digit expiry + peer object fragment (see the readers below)
     cursor: str
     more: bool
+
+
+# A stored record is the expiry in ms as 13 digits, then the peer object less its closing TTL part
+# (Registration.stored_fragment): readers slice it here and nowhere else.
+EXPIRY_DIGITS = 13
+
+
+def remaining_seconds(record: bytes, now_ms: int) -> int:
+    """What is left of a stored record's TTL, rounded up to whole seconds."""
+    return (int(record[:EXPIRY_DIGITS]) - now_ms + 999) // 1000
+
+
+def peer_fragment(record: bytes) -> bytes:
+    """The peer object as stored, without its closing `,"TTL":…}`."""
+    return record[EXPIRY_DIGITS:]
+
+
+def peer_fields(record: bytes) -> dict:
+    """The stored peer object as a dict: ID, Addrs and, if the peer sent one, SignedPeerRecord."""
+    return json.loads(peer_fragment(record) + b"}")
 
 
 class StoreUnavailable(ApiError):
