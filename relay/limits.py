@@ -10,13 +10,13 @@ from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.resources import RelayLimits, RelayResourceManager
 
 from relay import metrics
+from worker.host import connections_to
 
 log = logging.getLogger("relay.limits")
 
 
 def remote_ip(host: IHost, peer_id: ID) -> str | None:
-    conns = host.get_network().connections.get(peer_id) or []
-    for conn in conns if isinstance(conns, list) else [conns]:
+    for conn in connections_to(host, peer_id):
         try:
             for addr in conn.get_transport_addresses():
                 for proto in ("ip4", "ip6"):

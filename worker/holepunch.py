@@ -14,7 +14,7 @@ from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2 import dcutr as _dcutr
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 
-from worker.host import is_relayed
+from worker.host import connections_to, is_relayed
 
 
 def _plain_tcp_listen_addrs(host: IHost) -> list[tuple[int, str, int]]:
@@ -35,13 +35,14 @@ class HolePuncher(DCUtRProtocol):
         return False  # the connector dialed the peer's direct addresses already
 
 
+def _kind(addrs) -> str:
+    return "relayed" if addrs and all(is_relayed(a) for a in addrs) else "direct"
+
+
 def connection_kinds(host: IHost, peer_id: ID) -> set[str]:
     """{'direct', 'relayed'}: the kinds of live connection we hold to `peer_id`."""
-    conns = host.get_network().connections.get(peer_id) or []
-    if not isinstance(conns, list):
-        conns = [conns]
     kinds = set()
-    for conn in conns:
+    for conn in connections_to(host, peer_id):
         if getattr(conn, "is_closed", False):
             continue
         try:
@@ -49,17 +50,13 @@ def connection_kinds(host: IHost, peer_id: ID) -> set[str]:
         except Exception:
             continue
         if addrs:
-            kinds.add("relayed" if all(is_relayed(a) for a in addrs) else "direct")
+            kinds.add(_kind(addrs))
     return kinds
 
 
 def stream_kind(host: IHost, stream) -> str:
     """Whether an open stream runs over a direct or a relayed connection."""
-    conns = host.get_network().connections.get(stream.muxed_conn.peer_id) or []
-    if not isinstance(conns, list):
-        conns = [conns]
-    for conn in conns:
+    for conn in connections_to(host, stream.muxed_conn.peer_id):
         if getattr(conn, "muxed_conn", None) is stream.muxed_conn:
-            addrs = conn.get_transport_addresses()
-            return "relayed" if addrs and all(is_relayed(a) for a in addrs) else "direct"
+            return _kind(conn.get_transport_addresses())
     return "unknown"

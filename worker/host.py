@@ -81,3 +81,9 @@ def is_relayed(addr: multiaddr.Multiaddr | str) -> bool:
     return "/p2p-circuit" in str(addr)
 
 
+def connections_to(host: IHost, peer_id) -> list:
+    """The swarm's connections to a peer; py-libp2p keeps a list, or a single connection on some paths."""
+    conns = host.get_network().connections.get(peer_id) or []
+    return conns if isinstance(conns, list) else [conns]
+
+
