@@ -3,7 +3,6 @@ the page uses and which relay WebSocket addresses it may dial, taken from DEMO_R
 relays' own registrations (namespace RELAY_NAMESPACE), so no address is ever written into the page."""
 from __future__ import annotations
 
-import os
 import pathlib
 
 from aiohttp import web
@@ -12,20 +11,15 @@ from rendezvous import api
 from rendezvous.cookie import START
 from rendezvous.store import peer_fields
 
-WEB_DIR = pathlib.Path(os.environ.get("WEB_DIR", pathlib.Path(__file__).resolve().parents[1] / "web"))
-DEMO_NAMESPACE = os.environ.get("DEMO_NAMESPACE", "browser-demo")
-RELAY_NAMESPACE = os.environ.get("RELAY_NAMESPACE", "relays")
-CONFIGURED_RELAYS = [a.strip() for a in os.environ.get("DEMO_RELAY_ADDRS", "").split(",") if a.strip()]
-ICE_SERVERS = [{"urls": url.strip()} for url in os.environ.get("DEMO_ICE_SERVERS", "").split(",") if url.strip()]
 NOT_BUILT = "The demo page is not built: run scripts/build-web.sh (scripts/run.sh does).\n"
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    return _file(WEB_DIR / "index.html", "text/html")
+    return _file(pathlib.Path(request.app[api.SETTINGS].web_dir) / "index.html", "text/html")
 
 
 async def bundle(request: web.Request) -> web.StreamResponse:
-    return _file(WEB_DIR / "dist" / "app.js", "text/javascript")
+    return _file(pathlib.Path(request.app[api.SETTINGS].web_dir) / "dist" / "app.js", "text/javascript")
 
 
 def _file(path: pathlib.Path, content_type: str) -> web.StreamResponse:
@@ -35,13 +29,15 @@ def _file(path: pathlib.Path, content_type: str) -> web.StreamResponse:
 
 
 async def config(request: web.Request) -> web.Response:
-    relays = CONFIGURED_RELAYS or await _registered_ws_relays(request)
-    return web.json_response({"namespace": DEMO_NAMESPACE, "relays": relays, "iceServers": ICE_SERVERS})
+    settings = request.app[api.SETTINGS]
+    relays = list(settings.demo_relay_addrs) or await _registered_ws_relays(request, settings.relay_namespace)
+    return web.json_response({"namespace": settings.demo_namespace, "relays": relays,
+                              "iceServers": [{"urls": url} for url in settings.demo_ice_servers]})
 
 
-async def _registered_ws_relays(request: web.Request) -> list[str]:
+async def _registered_ws_relays(request: web.Request, namespace: str) -> list[str]:
     store = request.app[api.STORE]
-    listed = await store.discover(RELAY_NAMESPACE, START, 20, api.client_ip(request))
+    listed = await store.discover(namespace, START, 20, api.client_ip(request))
     found = []
     for record in listed.records:
         peer = peer_fields(record)

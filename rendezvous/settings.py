@@ -6,6 +6,7 @@ the variable (Cloud Run shows it in the revision's logs).
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import secrets
 from typing import Callable, Mapping, TypeVar
 
@@ -56,6 +57,12 @@ class Settings:
     libp2p_host: str = "0.0.0.0"
     libp2p_identity_key: str | None = None
     libp2p_identity_file: str | None = None
+    # the browser demo (demo.py)
+    web_dir: str = str(pathlib.Path(__file__).resolve().parents[1] / "web")
+    demo_namespace: str = "browser-demo"
+    relay_namespace: str = "relays"
+    demo_relay_addrs: tuple[str, ...] = ()
+    demo_ice_servers: tuple[str, ...] = ()
 
     @property
     def embedded(self) -> bool:
@@ -109,6 +116,11 @@ class Settings:
         problem = namespace_problem(default_namespace)
         if problem:
             raise ConfigError(f"DEFAULT_NAMESPACE: {problem}")
+        demo_namespace = reader.text("DEMO_NAMESPACE", "browser-demo")
+        relay_namespace = reader.text("RELAY_NAMESPACE", "relays")
+        for name, value in (("DEMO_NAMESPACE", demo_namespace), ("RELAY_NAMESPACE", relay_namespace)):
+            if problem := namespace_problem(value):
+                raise ConfigError(f"{name}: {problem}")
         log_level = reader.text("LOG_LEVEL", "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR")
@@ -128,6 +140,11 @@ class Settings:
             libp2p_host=reader.text("LIBP2P_HOST", "0.0.0.0"),
             libp2p_identity_key=reader.text("LIBP2P_IDENTITY_KEY", None),
             libp2p_identity_file=reader.text("LIBP2P_IDENTITY_FILE", None),
+            web_dir=reader.text("WEB_DIR", cls.web_dir),
+            demo_namespace=demo_namespace,
+            relay_namespace=relay_namespace,
+            demo_relay_addrs=reader.csv("DEMO_RELAY_ADDRS"),
+            demo_ice_servers=reader.csv("DEMO_ICE_SERVERS"),
         )
 
 
@@ -152,6 +169,9 @@ class _EnvReader:
 
     def text(self, name: str, default):
         return self._get(name, default, str)
+
+    def csv(self, name: str) -> tuple[str, ...]:
+        return self._get(name, (), lambda raw: tuple(part.strip() for part in raw.split(",") if part.strip()))
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         def convert(raw: str) -> int:

@@ -24,11 +24,21 @@ GOOD = {"REDIS_URL": "rediss://:secret@10.0.0.3:6378/0", "COOKIE_HMAC_KEY": "c" 
     ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
     ({"DEFAULT_NAMESPACE": "has space"}, "DEFAULT_NAMESPACE"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"DEMO_NAMESPACE": "a{b}"}, "DEMO_NAMESPACE"),
+    ({"RELAY_NAMESPACE": "two words"}, "RELAY_NAMESPACE"),
 ])
 def test_bad_variable_is_named(env, variable):
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert str(err.value).startswith(f"{variable}:")
+
+
+def test_demo_settings_are_parsed_once_at_start():
+    settings = Settings.from_env({"DEMO_RELAY_ADDRS": " /dns4/relay.example.com/tcp/443/wss/p2p/x , ",
+                                  "DEMO_ICE_SERVERS": "stun:stun.example.com:3478", "DEMO_NAMESPACE": "chat"})
+    assert settings.demo_relay_addrs == ("/dns4/relay.example.com/tcp/443/wss/p2p/x",)
+    assert settings.demo_ice_servers == ("stun:stun.example.com:3478",)
+    assert settings.demo_namespace == "chat" and settings.relay_namespace == "relays"
 
 
 def test_memorystore_style_url_and_defaults():
