@@ -76,6 +76,12 @@ def stack(tmp_path):
             relay.stop()
 
 
+def relay_tcp_addr(relay_http: int) -> str:
+    """The relay's plain TCP multiaddr, which a worker reserves over (the page uses its WebSocket one)."""
+    status = httpx.get(f"http://127.0.0.1:{relay_http}/status").json()
+    return next(a for a in status["multiaddrs"] if "/ws" not in a and "/tcp/" in a)
+
+
 def run_browsers(url: str, shots: pathlib.Path, mode: str = "pair") -> dict:
     result = subprocess.run(["node", "test/e2e.mjs", f"{url}/", str(shots), mode], cwd=WEB, capture_output=True,
                             text=True, timeout=180, env={**os.environ, "CHROMIUM": CHROMIUM})
@@ -95,8 +101,7 @@ def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_
 
 def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
     url, relay_http = stack
-    relay_status = httpx.get(f"http://127.0.0.1:{relay_http}/status").json()
-    relay_tcp = next(a for a in relay_status["multiaddrs"] if "/ws" not in a and "/tcp/" in a)
+    relay_tcp = relay_tcp_addr(relay_http)
     worker_http = free_port()
     worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1",
                                 "TCP_PORT": "0", "WS_PORT": "off", "PORT": str(worker_http), "NAMESPACE": "browser-demo",
@@ -112,8 +117,7 @@ def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
 
 def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_path):
     url, relay_http = stack
-    relay_status = httpx.get(f"http://127.0.0.1:{relay_http}/status").json()
-    relay_tcp = next(a for a in relay_status["multiaddrs"] if "/ws" not in a and "/tcp/" in a)
+    relay_tcp = relay_tcp_addr(relay_http)
     browser = subprocess.Popen(["node", "test/e2e.mjs", f"{url}/", str(tmp_path), "host-for-worker"], cwd=WEB,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "CHROMIUM": CHROMIUM})

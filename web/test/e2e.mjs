@@ -27,46 +27,45 @@ async function browser (name) {
 
 const logHas = (page, text) => page.waitForFunction((t) => document.getElementById('log').innerText.includes(t), text, { timeout: 30000 })
 
-if (mode === 'host-for-worker') {
-  const solo = await browser('host')
+// One page alone with a Python worker: run `steps`, report, and exit.
+async function alone (name, steps) {
+  const side = await browser(name)
   try {
-    await solo.page.click('#host')
-    await solo.page.waitForFunction(() => document.body.dataset.state === 'hosting', null, { timeout: 30000 })
-    console.log(JSON.stringify({ host: await solo.page.textContent('#me') }))  // the harness starts the worker now
-    await logHas(solo.page, 'peer: hello from a worker')
-    await solo.page.fill('#message', 'hello to you too')
-    await solo.page.click('#send')
-    await logHas(solo.page, 'heard: hello to you too')
-    await solo.page.screenshot({ path: join(shots, 'host-worker-chat.png'), fullPage: true })
-    console.log(JSON.stringify({ path: await solo.page.textContent('#path'), log: await solo.page.textContent('#log') }))
+    await steps(side.page)
+    console.log(JSON.stringify({ path: await side.page.textContent('#path'), log: await side.page.textContent('#log') }))
   } catch (err) {
-    console.error(`[host] log: ${await solo.page.textContent('#log')} | error: ${await solo.page.textContent('#error')}`)
+    console.error(`[${name}] log: ${await side.page.textContent('#log')} | error: ${await side.page.textContent('#error')}`)
     throw err
   } finally {
-    await solo.context.close()
+    await side.context.close()
   }
   process.exit(0)
 }
 
+if (mode === 'host-for-worker') {
+  await alone('host', async (page) => {
+    await page.click('#host')
+    await page.waitForFunction(() => document.body.dataset.state === 'hosting', null, { timeout: 30000 })
+    console.log(JSON.stringify({ host: await page.textContent('#me') }))  // the harness starts the worker now
+    await logHas(page, 'peer: hello from a worker')
+    await page.fill('#message', 'hello to you too')
+    await page.click('#send')
+    await logHas(page, 'heard: hello to you too')
+    await page.screenshot({ path: join(shots, 'host-worker-chat.png'), fullPage: true })
+  })
+}
+
 if (mode.startsWith('worker:')) {
   const workerId = mode.slice('worker:'.length)
-  const solo = await browser('solo')
-  try {
-    await solo.page.click('#join')
-    await solo.page.click(`button.dial[data-peer="${workerId}"]`, { timeout: 30000 })
-    await solo.page.waitForFunction(() => !document.getElementById('message').disabled, null, { timeout: 30000 })
-    await solo.page.fill('#message', 'hello worker')
-    await solo.page.click('#send')
-    await logHas(solo.page, 'heard: hello worker')
-    await solo.page.screenshot({ path: join(shots, 'worker-chat.png'), fullPage: true })
-    console.log(JSON.stringify({ path: await solo.page.textContent('#path'), log: await solo.page.textContent('#log') }))
-  } catch (err) {
-    console.error(`[solo] log: ${await solo.page.textContent('#log')} | error: ${await solo.page.textContent('#error')}`)
-    throw err
-  } finally {
-    await solo.context.close()
-  }
-  process.exit(0)
+  await alone('solo', async (page) => {
+    await page.click('#join')
+    await page.click(`button.dial[data-peer="${workerId}"]`, { timeout: 30000 })
+    await page.waitForFunction(() => !document.getElementById('message').disabled, null, { timeout: 30000 })
+    await page.fill('#message', 'hello worker')
+    await page.click('#send')
+    await logHas(page, 'heard: hello worker')
+    await page.screenshot({ path: join(shots, 'worker-chat.png'), fullPage: true })
+  })
 }
 
 const a = await browser('a')
