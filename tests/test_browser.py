@@ -99,6 +99,13 @@ def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_
     assert outcome["a"] not in {p["ID"] for p in hosts}  # A unregistered when its page closed
 
 
+def test_browsers_that_cannot_get_webrtc_through_chat_over_the_relay_instead(stack, tmp_path):
+    url, _ = stack
+    outcome = run_browsers(url, tmp_path, "pair-no-direct-path")
+    assert outcome["path"] == "relayed"
+    assert "no direct WebRTC connection" in outcome["log"] and "peer: hello back from A" in outcome["log"]
+
+
 def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
     url, relay_http = stack
     relay_tcp = relay_tcp_addr(relay_http)

@@ -160,21 +160,38 @@ async function join () {
 // A worker registers <relay tcp>/p2p-circuit: reach it through our relay's WebSocket address instead.
 function target (peer) {
   const webrtc = peer.Addrs.find((a) => a.includes('/p2p-circuit/webrtc'))
-  if (webrtc) return { addr: `${webrtc}/p2p/${peer.ID}`, how: 'the connection upgrades to direct WebRTC' }
+  if (webrtc) return { webrtc: `${webrtc}/p2p/${peer.ID}`, relayed: `${webrtc.replace(/\/webrtc$/, '')}/p2p/${peer.ID}` }
   for (const circuit of peer.Addrs.filter((a) => a.endsWith('/p2p-circuit'))) {
     const relayId = circuit.split('/p2p/')[1]?.split('/')[0]
     const ws = config.relays.find((r) => r.endsWith(`/p2p/${relayId}`))
-    if (ws) return { addr: `${ws}/p2p-circuit/p2p/${peer.ID}`, how: 'a worker: the chat stays relayed' }
+    if (ws) return { relayed: `${ws}/p2p-circuit/p2p/${peer.ID}` }
   }
   return null
+}
+
+// WebRTC may not get through (no UDP, or NATs that need a TURN server the page was not given): then chat over
+// the relay, which carries a little chat well within its limits, rather than not at all.
+const openChat = (addr) => node.dialProtocol(multiaddr(addr), CHAT, { runOnLimitedConnection: true })
+
+async function openChatStream (found) {
+  if (!found.webrtc) {
+    say('dialing through the relay (a worker: the chat stays relayed)…')
+    return openChat(found.relayed)
+  }
+  say('dialing through the relay; the connection upgrades to direct WebRTC…')
+  try {
+    return await openChat(found.webrtc)
+  } catch (err) {
+    say(`no direct WebRTC connection (${err.message}): chatting through the relay instead`)
+    return openChat(found.relayed)
+  }
 }
 
 async function dial (peer) {
   try {
     const found = target(peer)
     if (!found) throw new Error('that peer registered no address this page can reach')
-    say(`dialing through the relay; ${found.how}…`)
-    const stream = await node.dialProtocol(multiaddr(found.addr), CHAT, { runOnLimitedConnection: true })
+    const stream = await openChatStream(found)
     const connection = node.getConnections().find((c) => c.remotePeer.toString() === peer.ID && c.streams.includes(stream))
     attach(stream, connection)
   } catch (err) { fail(`cannot reach that host: ${err.message}`) }

@@ -1,18 +1,19 @@
 // Two real browsers (Debian's headless Chromium): A hosts, B joins, they chat both ways, and B's page must
-// report a direct WebRTC connection. Usage: node test/e2e.mjs <page URL> <screenshot directory>
+// report a direct WebRTC connection. Usage: node test/e2e.mjs <page URL> <screenshot directory> [mode]
 import { chromium } from 'playwright-core'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-// mode "pair" (default): two browsers; "worker:<peer ID>": one browser joins that Python worker and chats;
+// mode "pair" (default): two browsers; "pair-no-direct-path": the same, but WebRTC cannot connect them, so they
+// must fall back to chatting over the relay; "worker:<peer ID>": one browser joins that Python worker and chats;
 // "host-for-worker": one browser hosts and a Python worker (started with CHAT_GREETING) comes to chat
 const [url, shots, mode = 'pair'] = process.argv.slice(2)
 const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--allow-loopback-in-peer-connection',
   '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream']
 
-async function browser (name) {
+async function browser (name, { noDirectPath = false } = {}) {
   // a fresh profile each, so the two pages have their own identity in localStorage
   const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), `hp-${name}-`)), {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ARGS
@@ -20,6 +21,14 @@ async function browser (name) {
   // Chromium offers loopback ICE candidates only to pages allowed the microphone and camera
   await context.grantPermissions(['microphone', 'camera'], { origin: new URL(url).origin })
   const page = await context.newPage()
+  // a network with no direct path between the browsers: WebRTC may use TURN candidates only, and it has no TURN
+  // server (@libp2p/webrtc takes RTCPeerConnection when the page loads, so the stand-in must be there first)
+  if (noDirectPath) {
+    await page.addInitScript(() => {
+      const Native = window.RTCPeerConnection
+      window.RTCPeerConnection = class extends Native { constructor (config) { super({ ...config, iceTransportPolicy: 'relay' }) } }
+    })
+  }
   page.on('console', (message) => { if (message.type() === 'error') console.error(`[${name}] ${message.text()}`) })
   await page.goto(url)
   return { context, page }
@@ -69,7 +78,7 @@ if (mode.startsWith('worker:')) {
 }
 
 const a = await browser('a')
-const b = await browser('b')
+const b = await browser('b', { noDirectPath: mode === 'pair-no-direct-path' })
 try {
   await a.page.click('#host')
   await a.page.waitForFunction(() => document.body.dataset.state === 'hosting', null, { timeout: 30000 })
@@ -77,7 +86,8 @@ try {
   await b.page.click('#join')
   // the namespace may still list hosts that left (until their TTL runs out): pick A
   await b.page.click(`button.dial[data-peer="${hostId}"]`, { timeout: 30000 })
-  await b.page.waitForFunction(() => document.body.dataset.path === 'direct', null, { timeout: 30000 })
+  const expected = mode === 'pair-no-direct-path' ? 'relayed' : 'direct'
+  await b.page.waitForFunction((path) => document.body.dataset.path === path, expected, { timeout: 40000 })
   await b.page.fill('#message', 'hello from B')
   await b.page.click('#send')
   await logHas(a.page, 'peer: hello from B')
@@ -91,7 +101,8 @@ try {
   const ids = { a: await a.page.textContent('#me'), b: await b.page.textContent('#me') }
   await a.page.close({ runBeforeUnload: true })  // A leaves: its page unregisters on the way out
   await new Promise((resolve) => setTimeout(resolve, 1000))
-  console.log(JSON.stringify({ path, rtt, ...ids }))
+  const log = await b.page.textContent('#log')
+  console.log(JSON.stringify({ path, rtt, log, ...ids }))
 } catch (err) {
   for (const [name, side] of [['a', a], ['b', b]]) {
     console.error(`[${name}] log: ${await side.page.textContent('#log')} | error: ${await side.page.textContent('#error')}`)
