@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import signal
 import time
 
 import multiaddr
@@ -23,10 +22,10 @@ from relay.protocol import CountingRelayProtocol
 from relay.settings import RelaySettings
 from worker import httpd
 from worker.addresses import listen_addrs
-from worker.backoff import Backoff
 from worker.host import build_host, running
 from worker.identity import Identity
-from worker.rendezvous_client import RendezvousClient, RendezvousError
+from worker.registrar import Registrar, stop_on_signal
+from worker.rendezvous_client import RendezvousClient
 
 log = logging.getLogger("relay")
 
@@ -47,6 +46,9 @@ class Relay:
                                                                 limits.max_reservations_per_ip)
         self.rendezvous = (RendezvousClient(settings.rendezvous_url, identity)
                            if settings.rendezvous_url else None)
+        self.registrar = (Registrar(self.rendezvous, settings.relay_namespace, settings.ttl, self.addrs,
+                                    metrics.REGISTRATIONS)
+                          if self.rendezvous is not None else None)
         self.http_port: int | None = None
 
     @property
@@ -78,44 +80,17 @@ class Relay:
                 self.http_port = await nursery.start(httpd.serve, self.settings.http_host, self.settings.port,
                                                      self.routes())
             log.info("relay started", extra={"peer": self.peer_id, "multiaddrs": self.multiaddrs()})
-            if self.rendezvous is not None:
-                nursery.start_soon(self._keep_registered)
+            if self.registrar is not None:
+                nursery.start_soon(self.registrar.keep_registered)
             nursery.start_soon(self._sample_gauges)
             if handle_signals:
-                nursery.start_soon(self._stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope, self.registrar)
             task_status.started(self)
         with trio.CancelScope(shield=True):
             if store is not None:
                 await store_portal.run(store.close)
             if self.rendezvous is not None:
                 await self.rendezvous.aclose()
-
-    async def _keep_registered(self) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                answer = await self.rendezvous.register(self.settings.relay_namespace, self.addrs(), self.settings.ttl)
-            except RendezvousError as exc:
-                delay = backoff.next_delay(exc.retry_after)
-                log.warning(f"registration failed: {exc}; retrying in {delay:.1f} s")
-                await trio.sleep(delay)
-                continue
-            backoff.reset()
-            log.debug("registered", extra={"namespace": self.settings.relay_namespace, "addrs": self.addrs()})
-            await trio.sleep(answer.ttl / 2)
-
-    async def _stop_on_signal(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                break
-        if self.rendezvous is not None:
-            with trio.move_on_after(5):
-                try:
-                    await self.rendezvous.unregister(self.settings.relay_namespace)
-                except RendezvousError as exc:
-                    log.warning("could not unregister", extra={"error": str(exc)})
-        scope.cancel()
 
     async def _sample_gauges(self) -> None:
         while True:

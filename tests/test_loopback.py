@@ -51,7 +51,7 @@ def test_a_peer_without_listen_addresses_is_reached_through_the_relay(rendezvous
         # no DCUtR on either side, so the relayed connection is the one that must carry the echo
         dialer = await start_worker(nursery, worker_settings(rendezvous_url, [relay_addr], NAMESPACE="hidden",
                                                              HOLEPUNCH="false"), dialer_id)
-        await until(lambda: hidden.registered_addrs and all("/p2p-circuit" in a for a in hidden.registered_addrs),
+        await until(lambda: hidden.registrar.registered_addrs and all("/p2p-circuit" in a for a in hidden.registrar.registered_addrs),
                     what="the hidden worker to register its relay address only")
         seen = await until(lambda: record_of(dialer, hidden), what="the dialer to reach the hidden worker")
         assert seen.initiated_by == "us"
@@ -66,7 +66,7 @@ def test_relays_registered_at_the_rendezvous_are_found_without_a_bootstrap_addre
         worker = await start_worker(nursery, worker_settings(rendezvous_url, RELAY_NAMESPACE="relays-found",
                                                              NAMESPACE="alone"))
         await until(lambda: relay.peer_id in worker.relays, what="a reservation at the registered relay")
-        await until(lambda: any("/p2p-circuit" in a for a in worker.registered_addrs),
+        await until(lambda: any("/p2p-circuit" in a for a in worker.registrar.registered_addrs),
                     what="the worker to re-register with its new relay address")
     run(body)
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import httpx
+import pytest
 import trio
 
 from tests.conftest import RedisServer, free_port
@@ -16,12 +17,20 @@ from worker import echo
 from worker.rendezvous_client import RendezvousClient, RendezvousError
 
 
-def worker_process(rendezvous_url: str, tmp_path, **env) -> subprocess.Popen:
+def role_process(role: str, rendezvous_url: str, tmp_path, **env) -> subprocess.Popen:
     full_env = {**os.environ, "RENDEZVOUS_SERVICE_URL": rendezvous_url, "LISTEN_HOST": "127.0.0.1",
-                "TCP_PORT": "0", "WS_PORT": "0", "PORT": "0", "IDENTITY_FILE": str(tmp_path / "worker.key"),
-                "NAMESPACE": "faults", "DISCOVER_INTERVAL": "0.5", **env}
-    return subprocess.Popen([str(BIN / "worker")], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                "TCP_PORT": "0", "WS_PORT": "0", "PORT": "0", "IDENTITY_FILE": str(tmp_path / f"{role}.key"), **env}
+    if role == "relay":
+        full_env.update(QUIC_PORT="off", RELAY_NAMESPACE="faults")
+    else:
+        full_env.setdefault("NAMESPACE", "faults")
+        full_env.setdefault("DISCOVER_INTERVAL", "0.5")
+    return subprocess.Popen([str(BIN / role)], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+
+
+def worker_process(rendezvous_url: str, tmp_path, **env) -> subprocess.Popen:
+    return role_process("worker", rendezvous_url, tmp_path, **env)
 
 
 def read_events(proc: subprocess.Popen, until_message: str, timeout: float = 30.0) -> list[dict]:
@@ -38,9 +47,10 @@ def read_events(proc: subprocess.Popen, until_message: str, timeout: float = 30.
     raise AssertionError(f"no {until_message!r} line in {timeout} s; saw {[e['message'] for e in events]}")
 
 
-def test_sigterm_unregisters_before_exiting(tmp_path):
+@pytest.mark.parametrize("role", ["worker", "relay"])
+def test_sigterm_unregisters_before_exiting(role, tmp_path):
     with rendezvous_process() as url:
-        proc = worker_process(url, tmp_path)
+        proc = role_process(role, url, tmp_path)
         try:
             read_events(proc, "registered")
             peers = httpx.get(f"{url}/peers", params={"namespace": "faults"}).json()["Peers"]

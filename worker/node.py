@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import time
 
 import multiaddr
@@ -27,6 +26,7 @@ from worker.connector import Connector, PeerPath, Timeouts
 from worker.holepunch import HolePuncher, connection_kinds
 from worker.host import build_host, running, is_relayed
 from worker.identity import Identity
+from worker.registrar import Registrar, stop_on_signal
 from worker.rendezvous_client import PeerEntry, RendezvousClient, RendezvousError
 from worker.settings import WorkerSettings
 
@@ -34,7 +34,6 @@ log = logging.getLogger("worker")
 
 MAX_RELAYS = 2
 MAX_CONCURRENT_CONNECTS = 16
-UNREGISTER_TIMEOUT = 5.0
 
 
 class Worker:
@@ -51,15 +50,15 @@ class Worker:
                                    Timeouts(settings.direct_dial_timeout, settings.relay_dial_timeout,
                                             settings.holepunch_timeout))
         self.rendezvous = RendezvousClient(settings.rendezvous_url, identity)
+        self.registrar = Registrar(self.rendezvous, settings.namespace, settings.ttl, self.current_addrs,
+                                   metrics.REGISTRATIONS)
         self.peers: dict[str, PeerPath] = {}
         self.relays: dict[str, str] = {}  # relay peer ID -> our circuit address through it
-        self.registered_addrs: list[str] = []
         self.http_port: int | None = None
         self._busy: set[str] = set()
         self._chatting: set[str] = set()
         self._connect_slots = trio.Semaphore(MAX_CONCURRENT_CONNECTS)
         self._relay_backoff: dict[str, tuple[Backoff, float]] = {}
-        self._stopping = False  # set on SIGTERM: no registration may follow the unregistration
 
     @property
     def peer_id(self) -> str:
@@ -79,10 +78,10 @@ class Worker:
                                               "namespace": self.settings.namespace,
                                               "rendezvous": self.settings.rendezvous_url})
             nursery.start_soon(self._keep_relays, nursery)
-            nursery.start_soon(self._keep_registered)
+            nursery.start_soon(self.registrar.keep_registered)
             nursery.start_soon(self._keep_connected, nursery)
             if handle_signals:
-                nursery.start_soon(self._stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(stop_on_signal, nursery.cancel_scope, self.registrar)
             task_status.started(self)
         with trio.CancelScope(shield=True):
             await self.rendezvous.aclose()
@@ -93,60 +92,10 @@ class Worker:
             task_status.started()
             await trio.sleep_forever()
 
-    async def _stop_on_signal(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("stopping: unregistering first", extra={"signal": signal.Signals(signum).name})
-                break
-        self._stopping = True
-        await self.unregister()
-        scope.cancel()
-
-    async def unregister(self) -> None:
-        with trio.move_on_after(UNREGISTER_TIMEOUT) as scope:
-            try:
-                await self.rendezvous.unregister(self.settings.namespace)
-                log.info("unregistered", extra={"namespace": self.settings.namespace})
-            except RendezvousError as exc:
-                log.warning("could not unregister; the registration will expire with its TTL",
-                            extra={"error": str(exc)})
-        if scope.cancelled_caught:
-            log.warning("unregistering timed out; the registration will expire with its TTL")
-
     # --- registration -------------------------------------------------------------------------------
 
     def current_addrs(self) -> list[str]:
         return own_addrs(self.host, list(self.relays.values()), self.settings.announce)
-
-    async def _keep_registered(self) -> None:
-        """Register, refresh at half the TTL, and re-register at once when our addresses change."""
-        backoff = Backoff()
-        refresh_at = next_try = 0.0
-        while True:
-            now = time.monotonic()
-            addrs = self.current_addrs()
-            due = now >= refresh_at or addrs != self.registered_addrs
-            if due and now >= next_try and addrs and not self._stopping:
-                try:
-                    with tracing.span("register", attributes={"namespace": self.settings.namespace, "addrs": len(addrs)}):
-                        answer = await self.rendezvous.register(self.settings.namespace, addrs, self.settings.ttl)
-                except RendezvousError as exc:
-                    delay = backoff.next_delay(exc.retry_after)
-                    if not exc.retryable:
-                        delay = max(delay, 30.0)  # our request is wrong; do not hammer the service with it
-                    next_try = time.monotonic() + delay
-                    metrics.REGISTRATIONS.labels("error").inc()
-                    log.warning(f"registration failed: {exc}; retrying in {delay:.1f} s",
-                                extra={"status": exc.status, "code": exc.code, "retry_in": round(delay, 2)})
-                else:
-                    changed = addrs != self.registered_addrs
-                    self.registered_addrs = addrs
-                    refresh_at = time.monotonic() + answer.ttl / 2
-                    backoff.reset()
-                    metrics.REGISTRATIONS.labels("ok").inc()
-                    log.log(logging.INFO if changed else logging.DEBUG, "registered",
-                            extra={"namespace": self.settings.namespace, "addrs": addrs, "ttl": answer.ttl})
-            await trio.sleep(0.25)
 
     # --- relays --------------------------------------------------------------------------------------
 
@@ -314,6 +263,6 @@ class Worker:
         for record in self.peers.values():
             counts[record.path] = counts.get(record.path, 0) + 1
         return {"peer_id": self.peer_id, "namespace": self.settings.namespace,
-                "rendezvous": self.settings.rendezvous_url, "registered_addrs": self.registered_addrs,
+                "rendezvous": self.settings.rendezvous_url, "registered_addrs": self.registrar.registered_addrs,
                 "relays": self.relays, "paths": counts,
                 "peers": [r.as_json() for r in sorted(self.peers.values(), key=lambda r: r.peer_id)]}
