@@ -20,6 +20,7 @@ RUN if [ "$PIP_NO_INDEX" != "1" ]; then \
     fi
 COPY constraints.txt pyproject.toml README.md /src/
 COPY wheels/ /wheels/
+COPY shared /src/shared
 COPY rendezvous /src/rendezvous
 COPY worker /src/worker
 COPY relay /src/relay

@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from tests.natlab import NatLab, missing_prerequisite  # noqa: E402
-from worker.identity import Identity  # noqa: E402
+from shared.identity import Identity  # noqa: E402
 
 
 def one_run(lab: NatLab, relay_addr: str, run: int) -> tuple[float | None, str]:

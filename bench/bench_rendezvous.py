@@ -27,9 +27,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from rendezvous.connection import RespConnection  # noqa: E402
-from rendezvous.envelope import peer_id_from_public_key  # noqa: E402
+from shared.envelope import peer_id_from_public_key  # noqa: E402
 from rendezvous.keys import KeySchema  # noqa: E402
-from rendezvous.registration import Registration, sign_registration  # noqa: E402
+from rendezvous.record import Registration  # noqa: E402
+from shared.registration import sign_registration  # noqa: E402
 from rendezvous.settings import Limits  # noqa: E402
 from rendezvous.store import Store  # noqa: E402
 

@@ -23,7 +23,7 @@ if sys.argv[1] == "on":
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
     trace.set_tracer_provider(provider)
-from rendezvous import tracing
+from shared import tracing
 N = 200_000
 headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 started = time.perf_counter()

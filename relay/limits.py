@@ -10,7 +10,7 @@ from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.resources import RelayLimits, RelayResourceManager
 
 from relay import metrics
-from worker.host import connections_to
+from shared.host import connections_to
 
 log = logging.getLogger("relay.limits")
 

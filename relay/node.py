@@ -3,7 +3,6 @@ rendezvous is) a registration of its own so workers can find it there.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -14,18 +13,15 @@ from libp2p.relay.circuit_v2 import RelayLimits
 from libp2p.tools.anyio_service import background_trio_service
 
 from relay import metrics
-from rendezvous import wire
-from rendezvous.bridge import AsyncioPortal, AsyncioThread
-from rendezvous.p2p_door import open_door
 from relay.limits import LimitedResourceManager
 from relay.protocol import CountingRelayProtocol
 from relay.settings import RelaySettings
-from worker import httpd
-from worker.addresses import listen_addrs
-from worker.host import build_host, running
-from worker.identity import Identity
-from worker.registrar import Registrar, stop_on_signal
-from worker.rendezvous_client import RendezvousClient
+from shared import httpd
+from shared.addresses import listen_addrs
+from shared.host import build_host, running
+from shared.identity import Identity
+from shared.registrar import Registrar
+from shared.rendezvous_client import RendezvousClient
 
 log = logging.getLogger("relay")
 
@@ -62,20 +58,9 @@ class Relay:
     def multiaddrs(self) -> list[str]:
         return [f"{a}/p2p/{self.peer_id}" for a in self.addrs()]
 
-    async def run(self, *, handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with contextlib.ExitStack() as threads:
-            store_portal = (threads.enter_context(AsyncioThread())
-                            if self.settings.rendezvous_store is not None else None)
-            await self._run(store_portal, handle_signals, task_status)
-
-    async def _run(self, store_portal: AsyncioPortal | None, handle_signals: bool, task_status) -> None:
-        store = None
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with (running(self.host, self.settings.listen), background_trio_service(self.protocol),
                     trio.open_nursery() as nursery):
-            if store_portal is not None:
-                handler, store = await open_door(store_portal, self.settings.rendezvous_store)
-                self.host.set_stream_handler(wire.PROTOCOL_ID, handler)
-                log.info("serving the rendezvous protocol", extra={"protocol": wire.PROTOCOL_ID})
             if self.settings.port is not None:
                 self.http_port = await nursery.start(httpd.serve, self.settings.http_host, self.settings.port,
                                                      self.routes())
@@ -83,14 +68,15 @@ class Relay:
             if self.registrar is not None:
                 nursery.start_soon(self.registrar.keep_registered)
             nursery.start_soon(self._sample_gauges)
-            if handle_signals:
-                nursery.start_soon(stop_on_signal, nursery.cancel_scope, self.registrar)
             task_status.started(self)
-        with trio.CancelScope(shield=True):
-            if store is not None:
-                await store_portal.run(store.close)
-            if self.rendezvous is not None:
+        if self.rendezvous is not None:
+            with trio.CancelScope(shield=True):
                 await self.rendezvous.aclose()
+
+    async def leave(self) -> None:
+        """Unregister from the rendezvous before the process stops (the runner calls it on SIGTERM)."""
+        if self.registrar is not None:
+            await self.registrar.unregister()
 
     async def _sample_gauges(self) -> None:
         while True:

@@ -6,13 +6,11 @@ Limits default to go-libp2p's relay defaults: reservations last 1 h, 128 at most
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
-from rendezvous.settings import ConfigError, Settings
-from worker.host import ListenPlan
-from worker.options import Option, OptionError, boolean, log_level, parse_options, port_or_off, positive_int
-from worker.settings import http_url, multiaddrs, namespace
+from shared.host import ListenPlan
+from shared.settings import (OBSERVABILITY_OPTIONS, ConfigError, Observability, Option, http_url, multiaddrs,
+                             namespace, observability, parse_options, port_or_off, positive_int)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +27,10 @@ def optional_url(text: str) -> str | None:
     return http_url(text) if text.strip() else None
 
 
+DESCRIPTION = ("A public circuit relay v2 node: peers behind NATs reserve a slot, others reach them through it, "
+               "and DCUtR upgrades those connections to direct ones.")
 OPTIONS = [
-    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file"),
+    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file", secret=True),
     Option("--identity-file", "IDENTITY_FILE", str, "~/.local/state/holepunch-services/relay.key",
            "file holding the identity seed, created when missing: keep it so the relay's multiaddr is stable"),
     Option("--listen-host", "LISTEN_HOST", str, "0.0.0.0", "address the libp2p transports listen on"),
@@ -55,10 +55,7 @@ OPTIONS = [
            "seconds after which a relayed connection is cut"),
     Option("--circuit-bytes", "RELAY_CIRCUIT_BYTES", positive_int, str(128 * 1024),
            "bytes a relayed connection may carry before it is cut (py-libp2p counts both directions together)"),
-    Option("--rendezvous-protocol", "RENDEZVOUS_PROTOCOL", boolean, "false",
-           "also serve the libp2p rendezvous protocol (/rendezvous/1.0.0) from the rendezvous store: REDIS_URL, "
-           "COOKIE_HMAC_KEY, KEY_PREFIX and the limits are read as the rendezvous service reads them"),
-    Option("--log-level", "LOG_LEVEL", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    *OBSERVABILITY_OPTIONS,
 ]
 
 
@@ -74,25 +71,16 @@ class RelaySettings:
     http_host: str
     port: int | None
     limits: RelayLimitSettings
-    log_level: str
-    rendezvous_store: Settings | None  # set when the relay serves the rendezvous protocol
+    observability: Observability
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> "RelaySettings":
-        values = parse_options("relay", "A public circuit relay v2 node: peers behind NATs reserve a slot, "
-                               "others reach them through it, and DCUtR upgrades those connections to direct "
-                               "ones.", OPTIONS, argv, environ)
+        values = parse_options("relay", DESCRIPTION, OPTIONS, argv, environ)
         if values["tcp_port"] is None and values["ws_port"] is None and values["quic_port"] is None:
-            raise OptionError("TCP_PORT, WS_PORT and QUIC_PORT are all off: the relay would be unreachable")
+            raise ConfigError("TCP_PORT, WS_PORT and QUIC_PORT are all off: the relay would be unreachable")
         listen = ListenPlan(values.pop("listen_host"), values.pop("tcp_port"), values.pop("ws_port"),
                             values.pop("quic_port"))
         limits = RelayLimitSettings(*(values.pop(name) for name in (
             "reservation_ttl", "max_reservations", "max_reservations_per_ip", "max_circuits_per_peer",
             "circuit_duration", "circuit_bytes")))
-        store = None
-        if values.pop("rendezvous_protocol"):
-            try:
-                store = Settings.from_env(os.environ if environ is None else environ)
-            except ConfigError as exc:
-                raise OptionError(f"RENDEZVOUS_PROTOCOL is on, but {exc}") from None
-        return cls(listen=listen, limits=limits, rendezvous_store=store, **values)
+        return cls(listen=listen, limits=limits, observability=observability(values), **values)

@@ -1,34 +1,32 @@
-"""`rendezvous`: run the service with settings from the environment."""
+"""`rendezvous`: run the service with settings from flags and the environment (`rendezvous --help`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
+from typing import Sequence
 
 from aiohttp import web
 
-from rendezvous import logs, tracing
-from rendezvous.app import create_app
-from rendezvous.settings import ConfigError, Settings
+from rendezvous.http.app import FAILURE, create_app
+from rendezvous.settings import Settings
+from shared.runner import start
 
 log = logging.getLogger("rendezvous")
 
 
-def main() -> None:
-    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        print(__doc__.strip() + "\nConfiguration is read from environment variables; see the README.")
-        return
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as exc:
-        print(f"rendezvous: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    logs.configure("rendezvous", settings.log_level)
-    tracing.configure("rendezvous")
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = start("rendezvous", Settings.parse, argv)
+    app = create_app(settings)
     log.info("rendezvous listening", extra={"host": settings.host, "port": settings.port})
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                access_log=None, handle_signals=True, loop=_event_loop())
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                    handle_signals=True, loop=_event_loop())
+    except Exception as exc:  # a part that cannot start (the libp2p door, say) stops the process loudly
+        log.critical("the rendezvous cannot start: %s", exc)
+        sys.exit(1)
+    if app[FAILURE]:
+        sys.exit(1)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -10,7 +10,7 @@ import binascii
 import hashlib
 import hmac
 
-from rendezvous.errors import ApiError, ErrorCode
+from shared.errors import ApiError, ErrorCode
 
 START = "0"
 _MAC_BYTES = 16

@@ -1,25 +1,21 @@
-"""Configuration: read from the environment once at start, validated, then passed around as one object.
-
-Nothing else in the package reads `os.environ`. A bad value stops the process with a message that names
-the variable (Cloud Run shows it in the revision's logs).
-"""
+"""The rendezvous service's configuration: every option a flag and an environment variable
+(`rendezvous --help`), read once at start into one Settings object (shared/settings.py)."""
 from __future__ import annotations
 
 import dataclasses
 import pathlib
 import secrets
-from typing import Callable, Mapping, TypeVar
+from typing import Mapping, Sequence
 
 from redis.asyncio.connection import parse_url
 
-T = TypeVar("T")
+from shared.registration import SPEC_MAX_TTL_SECONDS
+from shared.settings import (OBSERVABILITY_OPTIONS, ConfigError, Observability, Option, boolean, comma_list, integer,
+                             namespace, observability, optional_text, parse_options, port, port_or_off, problem, text)
 
-SPEC_MAX_TTL_SECONDS = 72 * 3600  # the libp2p rendezvous spec's maximum registration TTL
-MAX_NAMESPACE_BYTES = 255  # the libp2p rendezvous spec's namespace bound
-
-
-class ConfigError(ValueError):
-    """A configuration variable is missing or malformed; the message names it."""
+COOKIE_KEY_MIN_CHARS = 32
+ADMIN_TOKEN_MIN_CHARS = 16
+WEB_DIR = str(pathlib.Path(__file__).resolve().parents[1] / "web")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,148 +46,114 @@ class Settings:
     default_namespace: str = "default"
     key_prefix: str = "hp"
     trusted_proxy_hops: int = 0
-    log_level: str = "INFO"
     limits: Limits = dataclasses.field(default_factory=Limits)
     # the libp2p door (/rendezvous/1.0.0 over TCP), off unless LIBP2P_TCP_PORT is set
     libp2p_tcp_port: int | None = None
     libp2p_host: str = "0.0.0.0"
     libp2p_identity_key: str | None = None
     libp2p_identity_file: str | None = None
-    # the browser demo (demo.py)
-    web_dir: str = str(pathlib.Path(__file__).resolve().parents[1] / "web")
+    # the browser demo (rendezvous/http/demo.py)
+    web_dir: str = WEB_DIR
     demo_namespace: str = "browser-demo"
     relay_namespace: str = "relays"
     demo_relay_addrs: tuple[str, ...] = ()
     demo_ice_servers: tuple[str, ...] = ()
+    observability: Observability = dataclasses.field(default_factory=Observability)
 
     @property
     def embedded(self) -> bool:
         return self.redis_url is None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
-        reader = _EnvReader(env)
-        redis_url = reader.text("REDIS_URL", None)
-        if redis_url is not None:
-            _check_redis_url(redis_url)
-        cookie_key = reader.text("COOKIE_HMAC_KEY", None)
-        if cookie_key is None:
-            if redis_url is not None:
-                # Replicas sharing a Redis must share the key, or one replica's cookies fail on another.
-                raise ConfigError("COOKIE_HMAC_KEY: required when REDIS_URL is set (all replicas must share it)")
-            cookie_key = secrets.token_hex(32)
-        if len(cookie_key) < 32:
-            raise ConfigError("COOKIE_HMAC_KEY: must be at least 32 characters")
-        admin_token = reader.text("ADMIN_TOKEN", None)
-        if admin_token is not None and len(admin_token) < 16:
-            raise ConfigError("ADMIN_TOKEN: must be at least 16 characters")
-        defaults = Limits()
-        limits = Limits(
-            ttl_min=reader.integer("TTL_MIN_SECONDS", defaults.ttl_min, 1, SPEC_MAX_TTL_SECONDS),
-            ttl_default=reader.integer("TTL_DEFAULT_SECONDS", defaults.ttl_default, 1, SPEC_MAX_TTL_SECONDS),
-            ttl_max=reader.integer("TTL_MAX_SECONDS", defaults.ttl_max, 1, SPEC_MAX_TTL_SECONDS),
-            timestamp_window=reader.integer("TIMESTAMP_WINDOW_SECONDS", defaults.timestamp_window, 1, 3600),
-            max_body_bytes=reader.integer("MAX_BODY_BYTES", defaults.max_body_bytes, 512, 1 << 20),
-            max_addrs=reader.integer("MAX_ADDRS", defaults.max_addrs, 1, 256),
-            max_addr_length=reader.integer("MAX_ADDR_LENGTH", defaults.max_addr_length, 16, 1024),
-            max_registrations_per_peer=reader.integer(
-                "MAX_REGISTRATIONS_PER_PEER", defaults.max_registrations_per_peer, 1, 10_000),
-            max_peers_per_namespace=reader.integer(
-                "MAX_PEERS_PER_NAMESPACE", defaults.max_peers_per_namespace, 1, 100_000_000),
-            rate_limit_ip_per_minute=reader.integer(
-                "RATE_LIMIT_IP_PER_MINUTE", defaults.rate_limit_ip_per_minute, 1, 100_000_000),
-            rate_limit_peer_per_minute=reader.integer(
-                "RATE_LIMIT_PEER_PER_MINUTE", defaults.rate_limit_peer_per_minute, 1, 100_000_000),
-            discover_limit_default=reader.integer(
-                "DISCOVER_LIMIT_DEFAULT", defaults.discover_limit_default, 1, 10_000),
-            discover_limit_max=reader.integer("DISCOVER_LIMIT_MAX", defaults.discover_limit_max, 1, 10_000),
-        )
+    def parse(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
+        values = parse_options("rendezvous", DESCRIPTION, OPTIONS, argv, environ)
+        limits = Limits(**{field.name: values.pop(field.name) for field in dataclasses.fields(Limits)})
         if not limits.ttl_min <= limits.ttl_default <= limits.ttl_max:
-            raise ConfigError("TTL_DEFAULT_SECONDS: must lie between TTL_MIN_SECONDS and TTL_MAX_SECONDS")
+            raise problem(_OPTION["ttl_default"], "must lie between TTL_MIN_SECONDS and TTL_MAX_SECONDS")
         if limits.discover_limit_default > limits.discover_limit_max:
-            raise ConfigError("DISCOVER_LIMIT_DEFAULT: must not exceed DISCOVER_LIMIT_MAX")
-        default_namespace = reader.text("DEFAULT_NAMESPACE", "default")
-        from rendezvous.registration import namespace_problem  # the one namespace rule
-
-        problem = namespace_problem(default_namespace)
-        if problem:
-            raise ConfigError(f"DEFAULT_NAMESPACE: {problem}")
-        demo_namespace = reader.text("DEMO_NAMESPACE", "browser-demo")
-        relay_namespace = reader.text("RELAY_NAMESPACE", "relays")
-        for name, value in (("DEMO_NAMESPACE", demo_namespace), ("RELAY_NAMESPACE", relay_namespace)):
-            if problem := namespace_problem(value):
-                raise ConfigError(f"{name}: {problem}")
-        log_level = reader.text("LOG_LEVEL", "INFO").upper()
-        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError("LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR")
-        return cls(
-            host=reader.text("HOST", "0.0.0.0"),
-            port=reader.integer("PORT", 8080, 0, 65535),
-            redis_url=redis_url,
-            redis_cluster=reader.boolean("REDIS_CLUSTER", False),
-            cookie_key=cookie_key.encode(),
-            admin_token=admin_token,
-            default_namespace=default_namespace,
-            key_prefix=reader.text("KEY_PREFIX", "hp"),
-            trusted_proxy_hops=reader.integer("TRUSTED_PROXY_HOPS", 0, 0, 10),
-            log_level=log_level,
-            limits=limits,
-            libp2p_tcp_port=reader.integer("LIBP2P_TCP_PORT", None, 0, 65535),
-            libp2p_host=reader.text("LIBP2P_HOST", "0.0.0.0"),
-            libp2p_identity_key=reader.text("LIBP2P_IDENTITY_KEY", None),
-            libp2p_identity_file=reader.text("LIBP2P_IDENTITY_FILE", None),
-            web_dir=reader.text("WEB_DIR", cls.web_dir),
-            demo_namespace=demo_namespace,
-            relay_namespace=relay_namespace,
-            demo_relay_addrs=reader.csv("DEMO_RELAY_ADDRS"),
-            demo_ice_servers=reader.csv("DEMO_ICE_SERVERS"),
-        )
+            raise problem(_OPTION["discover_limit_default"], "must not exceed DISCOVER_LIMIT_MAX")
+        cookie_key = values.pop("cookie_key")
+        if cookie_key is None:
+            if values["redis_url"] is not None:
+                # Replicas sharing a Redis must share the key, or one replica's cookies fail on another.
+                raise problem(_OPTION["cookie_key"], "required when REDIS_URL is set (all replicas must share it)")
+            cookie_key = secrets.token_hex(32)
+        return cls(limits=limits, cookie_key=cookie_key.encode(), observability=observability(values), **values)
 
 
-def _check_redis_url(url: str) -> None:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL: must start with redis://, rediss:// or unix://")
-    try:
-        parse_url(url)
-    except ValueError as exc:
-        raise ConfigError(f"REDIS_URL: {exc}") from None
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    parse_url(value)  # its ValueError says what is wrong
+    return value
 
 
-class _EnvReader:
-    def __init__(self, env: Mapping[str, str]):
-        self.env = env
+def _secret(min_chars: int):
+    def parse(value: str) -> str:
+        if len(value) < min_chars:
+            raise ValueError(f"must be at least {min_chars} characters")
+        return value
+    return parse
 
-    def _get(self, name: str, default: T, convert: Callable[[str], T]) -> T:
-        raw = self.env.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        return convert(raw.strip())
 
-    def text(self, name: str, default):
-        return self._get(name, default, str)
+def _limit(flag: str, env: str, low: int, high: int, help_text: str, field: str | None = None) -> Option:
+    return Option(flag, env, integer(low, high), str(getattr(Limits(), field or flag[2:].replace("-", "_"))), help_text)
 
-    def csv(self, name: str) -> tuple[str, ...]:
-        return self._get(name, (), lambda raw: tuple(part.strip() for part in raw.split(",") if part.strip()))
 
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        def convert(raw: str) -> int:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-            if not low <= value <= high:
-                raise ConfigError(f"{name}: {value} is outside {low}..{high}")
-            return value
+DESCRIPTION = ("The rendezvous service: signed, TTL-expiring peer registrations in Redis, discovered with "
+               "GET /peers; optionally the libp2p rendezvous protocol from the same state.")
+SPEC_MAX = SPEC_MAX_TTL_SECONDS
+OPTIONS = [
+    Option("--host", "HOST", text, "0.0.0.0", "address the HTTP service listens on"),
+    Option("--port", "PORT", port, "8080", "HTTP port (Cloud Run sets PORT)"),
+    Option("--redis-url", "REDIS_URL", _redis_url, None,
+           "redis://, rediss:// (TLS) or unix:// URL, AUTH as rediss://:PASSWORD@host:6378/0; unset: the embedded "
+           "in-process store", secret=True),
+    Option("--redis-cluster", "REDIS_CLUSTER", boolean, "false", "REDIS_URL is a Redis Cluster"),
+    Option("--cookie-key", "COOKIE_HMAC_KEY", _secret(COOKIE_KEY_MIN_CHARS), None,
+           f"key of the discovery cookies' HMAC, at least {COOKIE_KEY_MIN_CHARS} characters, the same on every "
+           "replica; required with REDIS_URL (unset: random, embedded store only)", secret=True),
+    Option("--admin-token", "ADMIN_TOKEN", _secret(ADMIN_TOKEN_MIN_CHARS), None,
+           f"bearer token (at least {ADMIN_TOKEN_MIN_CHARS} characters) for DELETE by an operator; unset: off", secret=True),
+    Option("--default-namespace", "DEFAULT_NAMESPACE", namespace, "default", "the namespace of plain GET /peers"),
+    Option("--key-prefix", "KEY_PREFIX", text, "hp", "prefix of every Redis key"),
+    Option("--trusted-proxy-hops", "TRUSTED_PROXY_HOPS", integer(0, 10), "0",
+           "proxies that append to X-Forwarded-For (1 behind Cloud Run, 2 behind a load balancer in front of it)"),
+    _limit("--ttl-min", "TTL_MIN_SECONDS", 1, SPEC_MAX, "shortest registration TTL, seconds"),
+    _limit("--ttl-default", "TTL_DEFAULT_SECONDS", 1, SPEC_MAX, "TTL of a registration that names none"),
+    _limit("--ttl-max", "TTL_MAX_SECONDS", 1, SPEC_MAX, "longest registration TTL (the spec's maximum is 72 h)"),
+    _limit("--timestamp-window", "TIMESTAMP_WINDOW_SECONDS", 1, 3600, "accepted clock skew of a signed request, s"),
+    _limit("--max-body-bytes", "MAX_BODY_BYTES", 512, 1 << 20, "request body cap"),
+    _limit("--max-addrs", "MAX_ADDRS", 1, 256, "addresses per registration"),
+    _limit("--max-addr-length", "MAX_ADDR_LENGTH", 16, 1024, "characters per address"),
+    _limit("--max-registrations-per-peer", "MAX_REGISTRATIONS_PER_PEER", 1, 10_000, "namespaces one peer may be in"),
+    _limit("--max-peers-per-namespace", "MAX_PEERS_PER_NAMESPACE", 1, 100_000_000, "live peers in one namespace"),
+    _limit("--rate-limit-ip-per-minute", "RATE_LIMIT_IP_PER_MINUTE", 1, 100_000_000,
+           "API calls per client IP per minute, all replicas together"),
+    _limit("--rate-limit-peer-per-minute", "RATE_LIMIT_PEER_PER_MINUTE", 1, 100_000_000,
+           "signed requests per peer per minute"),
+    _limit("--discover-limit-default", "DISCOVER_LIMIT_DEFAULT", 1, 10_000, "page size when none is asked"),
+    _limit("--discover-limit-max", "DISCOVER_LIMIT_MAX", 1, 10_000, "largest page size"),
+    Option("--libp2p-tcp-port", "LIBP2P_TCP_PORT", port_or_off, None,
+           "serve the libp2p rendezvous protocol (/rendezvous/1.0.0) on this TCP port too; unset: off"),
+    Option("--libp2p-host", "LIBP2P_HOST", text, "0.0.0.0", "address the libp2p door listens on"),
+    Option("--libp2p-identity-key", "LIBP2P_IDENTITY_KEY", optional_text, None,
+           "the door's identity: a base64 32-byte Ed25519 seed (a secret); unset: a new identity each start",
+           secret=True),
+    Option("--libp2p-identity-file", "LIBP2P_IDENTITY_FILE", optional_text, None,
+           "file holding the door's identity seed, created when missing"),
+    Option("--web-dir", "WEB_DIR", text, WEB_DIR, "where the demo page and its built bundle are"),
+    Option("--demo-namespace", "DEMO_NAMESPACE", namespace, "browser-demo", "the demo page's namespace"),
+    Option("--relay-namespace", "RELAY_NAMESPACE", namespace, "relays",
+           "where relays register; the demo page's relays come from there"),
+    Option("--demo-relay-addrs", "DEMO_RELAY_ADDRS", comma_list, "",
+           "comma-separated relay WebSocket multiaddrs for the page, instead of the registered ones"),
+    Option("--demo-ice-servers", "DEMO_ICE_SERVERS", comma_list, "", "comma-separated ICE server URLs for the page"),
+    *OBSERVABILITY_OPTIONS,
+]
+_OPTION = {option.dest: option for option in OPTIONS}
 
-        return self._get(name, default, convert)
+# the option names above are the Limits fields, so Settings.parse can gather them by name
+assert {f.name for f in dataclasses.fields(Limits)} <= set(_OPTION), "every limit needs its option"
 
-    def boolean(self, name: str, default: bool) -> bool:
-        def convert(raw: str) -> bool:
-            lowered = raw.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-
-        return self._get(name, default, convert)
+__all__ = ["ConfigError", "Limits", "Settings", "OPTIONS"]

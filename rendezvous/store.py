@@ -7,7 +7,6 @@ discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Any, Callable, Iterable
@@ -17,13 +16,14 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from opentelemetry.trace import SpanKind
 
-from rendezvous import metrics, scripts, tracing
+from rendezvous import lua, metrics, record
 from rendezvous.connection import RedisPyBackend, RespConnection
-from rendezvous.envelope import public_key_from_peer_id
-from rendezvous.errors import ApiError, ErrorCode
 from rendezvous.keys import KeySchema
-from rendezvous.registration import Registration
+from rendezvous.record import Registration
 from rendezvous.settings import Limits, Settings
+from shared import tracing
+from shared.envelope import public_key_from_peer_id
+from shared.errors import ApiError, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,9 @@ METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers ga
 @dataclasses.dataclass(frozen=True)
 class Page:
     now_ms: int
-    records: list[bytes]  # 13-digit expiry + peer object fragment (see the readers below)
+    records: list[bytes]  # stored records (rendezvous/record.py)
     cursor: str
     more: bool
-
-
-# A stored record is the expiry in ms as 13 digits, then the peer object less its closing TTL part
-# (Registration.stored_fragment): readers slice it here and nowhere else.
-EXPIRY_DIGITS = 13
-
-
-def remaining_seconds(record: bytes, now_ms: int) -> int:
-    """What is left of a stored record's TTL, rounded up to whole seconds."""
-    return (int(record[:EXPIRY_DIGITS]) - now_ms + 999) // 1000
-
-
-def peer_fragment(record: bytes) -> bytes:
-    """The peer object as stored, without its closing `,"TTL":…}`."""
-    return record[EXPIRY_DIGITS:]
-
-
-def peer_fields(record: bytes) -> dict:
-    """The stored peer object as a dict: ID, Addrs and, if the peer sent one, SignedPeerRecord."""
-    return json.loads(peer_fragment(record) + b"}")
 
 
 class StoreUnavailable(ApiError):
@@ -106,7 +86,7 @@ class Store:
     # --- plumbing -------------------------------------------------------------------------------------------
 
     async def load_scripts(self) -> None:
-        for name, source in scripts.ALL.items():
+        for name, source in lua.ALL.items():
             self._sha[name] = await self.redis.script_load(source)
 
     async def _pipeline(self, build: Callable[["_Batch"], None]) -> list:
@@ -186,7 +166,7 @@ class Store:
             ns = self.keys.namespace(reg.namespace)
 
             def write(batch):
-                batch.script("register", ns.all(), reg.public_key, reg.stored_fragment(),
+                batch.script("register", ns.all(), reg.public_key, record.encode(reg),
                              ttl_ms, self.limits.max_peers_per_namespace)
                 # an index for the live-peers metric only: this replica's clock is close enough for it
                 batch.call("ZADD", self.keys.namespaces(), "GT", int(time.time() * 1000) + ttl_ms, reg.namespace)
@@ -241,9 +221,9 @@ class Store:
             self._rate(batch, client_ip)
             batch.script("lookup", self.keys.namespace(namespace).all(), member)
 
-        ip_reply, (now, record) = await self._pipeline(read)
+        ip_reply, (now, stored) = await self._pipeline(read)
         self._check_ip_rate(ip_reply)
-        return now, record or None
+        return now, stored or None
 
     async def admit_unregistration(self, peer_id: str, nonce: str, client_ip: str) -> None:
         """Rate limits and replay check for a signed deregistration."""

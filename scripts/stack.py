@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 
-from worker.identity import Identity, load_identity
+from shared.identity import Identity, load_identity
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent

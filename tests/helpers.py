@@ -8,8 +8,8 @@ import time
 
 import nacl.signing
 
-from rendezvous.envelope import peer_id_from_public_key, seal
-from rendezvous.registration import DOMAIN, REGISTER_PAYLOAD_TYPE
+from shared.envelope import peer_id_from_public_key, seal
+from shared.registration import DOMAIN, REGISTER_PAYLOAD_TYPE
 
 
 def new_key() -> nacl.signing.SigningKey:

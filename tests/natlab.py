@@ -26,6 +26,8 @@ ROUTER_WAN = {"a": "198.51.100.11", "b": "198.51.100.12"}
 HOST_IP = {"a": "10.1.1.2", "b": "10.1.2.2"}
 LAN_GATEWAY = {"a": "10.1.1.1", "b": "10.1.2.1"}
 BIN = pathlib.Path(sys.executable).parent
+# The documentation ranges (RFC 5737) stand in for the public internet here; `is_global` calls them reserved.
+DOCUMENTATION_NETWORKS = "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24"
 
 
 def missing_prerequisite() -> str | None:
@@ -182,7 +184,7 @@ class NatLab:
             "IDENTITY_FILE": str(self.dir / f"{name}.key"), "LISTEN_HOST": HOST_IP[side],
             "TCP_PORT": str(tcp_port), "WS_PORT": str(tcp_port + 1000), "PORT": "8081",
             "RENDEZVOUS_SERVICE_URL": f"http://{PUBLIC_IP}:8080", "LIBP2P_RELAY_BOOTSTRAP": relay_addr,
-            "DISCOVER_INTERVAL": "1", "LOG_LEVEL": "DEBUG", **(env or {})})
+            "DISCOVER_INTERVAL": "1", "LOG_LEVEL": "DEBUG", "PUBLIC_NETWORKS": DOCUMENTATION_NETWORKS, **(env or {})})
         return name
 
     def start_stack(self, relay_key: str, relay_peer_id: str, worker_env: dict[str, str] | None = None) -> None:

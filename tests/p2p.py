@@ -14,12 +14,14 @@ import trio
 
 from relay.node import Relay
 from relay.settings import RelaySettings
-from tests.conftest import free_port
-from worker.identity import Identity
+from tests.servers import free_port
+from shared.host import install_library_patches
+from shared.identity import Identity
 from worker.node import Worker
 from worker.settings import WorkerSettings
 
 BIN = pathlib.Path(sys.executable).parent
+install_library_patches()  # as the runner does at start, for the nodes these tests run in-process
 
 
 @contextlib.contextmanager
@@ -83,6 +85,17 @@ async def until(predicate, timeout: float = 20.0, what: str = "the condition"):
         while True:
             value = predicate()
             if value:
+                return value
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def eventually(fetch, check, timeout: float = 10.0, what: str = "the condition"):
+    """Call the async `fetch` until `check` holds on what it returns; fail with `what` after `timeout` s."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = await fetch()
+            if check(value):
                 return value
             await trio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")

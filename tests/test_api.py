@@ -5,9 +5,10 @@ import base64
 
 import pytest
 
-from rendezvous.envelope import PEER_RECORD_DOMAIN, PEER_RECORD_PAYLOAD_TYPE, bytes_field, seal
-from rendezvous.registration import sign_registration, sign_unregistration
-from tests.conftest import make_settings, serve, snapshot
+from shared.envelope import PEER_RECORD_DOMAIN, PEER_RECORD_PAYLOAD_TYPE, seal
+from shared.protobuf import bytes_field
+from shared.registration import sign_registration, sign_unregistration
+from tests.servers import make_settings, serve, snapshot
 from tests.helpers import new_key, peer_id
 
 ADDR = "/ip4/203.0.113.7/tcp/4001"

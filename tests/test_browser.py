@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.servers import free_port
 from tests.p2p import BIN, rendezvous_process
 
 WEB = pathlib.Path(__file__).resolve().parents[1] / "web"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from redis.cluster import RedisCluster
 
-from rendezvous.registration import sign_registration, sign_unregistration
+from shared.registration import sign_registration, sign_unregistration
 from rendezvous.settings import Limits, Settings
-from tests.conftest import COOKIE_KEY, serve
+from tests.servers import COOKIE_KEY, serve
 from tests.helpers import new_key, peer_id
 
 

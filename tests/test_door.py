@@ -1,4 +1,5 @@
-"""The libp2p rendezvous protocol, served by the relay from the same Redis state as the HTTP API."""
+"""The libp2p rendezvous protocol, served by a rendezvous replica's libp2p door from the same Redis state as
+another replica's HTTP API."""
 from __future__ import annotations
 
 import httpx
@@ -10,11 +11,12 @@ from libp2p.peer.envelope import seal_record
 from libp2p.peer.peer_record import PeerRecord
 from libp2p.peer.peerinfo import PeerInfo
 
-from rendezvous.envelope import PEER_RECORD_DOMAIN, bytes_field, open_envelope, parse_message, uvarint, varint_field
-from tests.conftest import COOKIE_KEY, free_port
-from tests.p2p import new_identity, relay_settings, rendezvous_process, run, start_relay
-from worker.host import ListenPlan, build_host, running
-from worker.rendezvous_client import RendezvousClient
+from shared.envelope import PEER_RECORD_DOMAIN, open_envelope
+from shared.protobuf import bytes_field, parse_message, uvarint, varint_field
+from tests.servers import COOKIE_KEY, free_port
+from tests.p2p import eventually, new_identity, rendezvous_process, run
+from shared.host import ListenPlan, build_host, running
+from shared.rendezvous_client import RendezvousClient
 
 PROTOCOL = "/rendezvous/1.0.0"
 OK, E_INVALID_SPR, E_INVALID_COOKIE, E_NOT_AUTHORIZED = 0, 101, 103, 200
@@ -22,8 +24,31 @@ OK, E_INVALID_SPR, E_INVALID_COOKIE, E_NOT_AUTHORIZED = 0, 101, 103, 200
 
 @pytest.fixture
 def shared_store(redis_server, key_prefix):
-    """The environment of a rendezvous service and a relay sharing one Redis."""
+    """The environment of rendezvous replicas sharing one Redis."""
     return {"REDIS_URL": redis_server.url, "COOKIE_HMAC_KEY": COOKIE_KEY.decode(), "KEY_PREFIX": key_prefix}
+
+
+class DoorReplica:
+    """A rendezvous replica serving the libp2p door on a loopback port, with a known identity."""
+
+    def __init__(self):
+        self.identity = new_identity()
+        self.port = free_port()
+
+    def env(self) -> dict[str, str]:
+        return {"LIBP2P_TCP_PORT": str(self.port), "LIBP2P_HOST": "127.0.0.1",
+                "LIBP2P_IDENTITY_KEY": self.identity.encoded()}
+
+    def multiaddrs(self) -> list[str]:
+        return [f"/ip4/127.0.0.1/tcp/{self.port}"]
+
+
+@pytest.fixture
+def replicas(shared_store):
+    """(the HTTP URL of one replica, the libp2p door of another), both on one Redis."""
+    door = DoorReplica()
+    with rendezvous_process(shared_store) as url, rendezvous_process({**shared_store, **door.env()}):
+        yield url, door
 
 
 # --- a spec client of our own, written from the spec's protobuf ------------------------------------------------
@@ -92,7 +117,7 @@ def signed_record(identity, addrs: list[str]) -> bytes:
                        identity.key_pair.private_key).marshal_envelope()
 
 
-async def client_host(nursery, relay):
+async def client_host(nursery, door):
     identity = new_identity()
     host = build_host(identity, ListenPlan("127.0.0.1", 0, None, None))
     ready = trio.Event()
@@ -103,111 +128,109 @@ async def client_host(nursery, relay):
             await trio.sleep_forever()
     nursery.start_soon(keep)
     await ready.wait()
-    await host.connect(PeerInfo(relay.identity.peer_id, [multiaddr.Multiaddr(relay.multiaddrs()[0])]))
+    await host.connect(PeerInfo(door.identity.peer_id, [multiaddr.Multiaddr(door.multiaddrs()[0])]))
     return host, identity
 
 
-async def open_spec(host, relay) -> SpecStream:
-    return SpecStream(await host.new_stream(relay.identity.peer_id, [PROTOCOL]))
+async def open_spec(host, door) -> SpecStream:
+    return SpecStream(await host.new_stream(door.identity.peer_id, [PROTOCOL]))
 
 
 # --- the tests ---------------------------------------------------------------------------------------------
 
-def test_py_libp2p_rendezvous_client_works_unchanged_and_shares_state_with_http(shared_store):
-    with rendezvous_process(shared_store) as url:
-        async def body(nursery):
-            relay = await start_relay(nursery, relay_settings(RENDEZVOUS_PROTOCOL="true", **shared_store))
-            host, identity = await client_host(nursery, relay)
-            client = PyLibp2pRendezvousClient(host, relay.identity.peer_id)
-            ttl = await client.register("py", 300)
-            assert ttl == 300
-            http = RendezvousClient(url, new_identity())
-            listed = await http.discover("py")
-            assert [p.peer_id for p in listed] == [str(identity.peer_id)]  # registered over libp2p, seen over HTTP
-            worker = RendezvousClient(url, new_identity())
-            await worker.register("py", ["/ip4/192.0.2.7/tcp/4001"], 120)  # and the other way round
-            peers, _cookie = await client.discover("py")
-            found = {str(p.peer_id): [str(a) for a in p.addrs] for p in peers}
-            assert found[str(worker.identity.peer_id)] == ["/ip4/192.0.2.7/tcp/4001"]
-            assert str(identity.peer_id) in found
-            await client.unregister("py")
-            await trio.sleep(0.2)
-            assert [p.peer_id for p in await http.discover("py")] == [str(worker.identity.peer_id)]
-            for c in (http, worker):
-                await c.aclose()
-        run(body)
+def test_py_libp2p_rendezvous_client_works_unchanged_and_shares_state_with_http(replicas):
+    url, door = replicas
+    async def body(nursery):
+        host, identity = await client_host(nursery, door)
+        client = PyLibp2pRendezvousClient(host, door.identity.peer_id)
+        ttl = await client.register("py", 300)
+        assert ttl == 300
+        http = RendezvousClient(url, new_identity())
+        listed = await http.discover("py")
+        assert [p.peer_id for p in listed] == [str(identity.peer_id)]  # registered over libp2p, seen over HTTP
+        worker = RendezvousClient(url, new_identity())
+        await worker.register("py", ["/ip4/192.0.2.7/tcp/4001"], 120)  # and the other way round
+        peers, _cookie = await client.discover("py")
+        found = {str(p.peer_id): [str(a) for a in p.addrs] for p in peers}
+        assert found[str(worker.identity.peer_id)] == ["/ip4/192.0.2.7/tcp/4001"]
+        assert str(identity.peer_id) in found
+        await client.unregister("py")  # the protocol has no answer to an unregister: wait for its effect
+        await eventually(lambda: http.discover("py"), lambda listed: [p.peer_id for p in listed] == [
+            str(worker.identity.peer_id)], what="the unregistration")
+        for c in (http, worker):
+            await c.aclose()
+    run(body)
 
 
-def test_a_spec_client_registers_a_signed_peer_record_and_discovers_with_cookies(shared_store):
-    with rendezvous_process(shared_store) as url:
-        async def body(nursery):
-            relay = await start_relay(nursery, relay_settings(RENDEZVOUS_PROTOCOL="true", **shared_store))
-            host, identity = await client_host(nursery, relay)
-            spec = await open_spec(host, relay)
-            record = signed_record(identity, ["/ip4/198.51.100.5/tcp/4001"])
-            assert await spec.register("spec", record, 600) == (OK, 600)
-            # the same stream serves the next requests
-            status, registrations, cookie = await spec.discover("spec")
-            assert status == OK and [r[2][0] for r in registrations] == [record]
-            assert registrations[0][1][0] == b"spec" and 0 < registrations[0][3][0] <= 600
-            # the cookie returns only what is new since
-            assert (await spec.discover("spec", cookie))[1] == []
-            worker = RendezvousClient(url, new_identity())
-            await worker.register("spec", ["/ip4/192.0.2.9/tcp/4001"], 120)  # HTTP, with a signed record
-            status, fresh, _ = await spec.discover("spec", cookie)
-            assert status == OK
-            assert [record_peer(r[2][0]) for r in fresh] == [str(worker.identity.peer_id)]
-            # no namespace: every namespace
-            status, everywhere, _ = await spec.discover("")
-            assert status == OK and {r[1][0] for r in everywhere} >= {b"spec"}
-            # over HTTP the record is there, as the peer signed it
-            async with httpx.AsyncClient() as plain:
-                http_peer = (await plain.get(f"{url}/peers", params={"namespace": "spec"})).json()["Peers"]
-            assert any(p["ID"] == str(identity.peer_id) and p["Addrs"] == ["/ip4/198.51.100.5/tcp/4001"]
-                       for p in http_peer)
-            await spec.send(unregister_msg("spec"))
-            await trio.sleep(0.2)
-            assert str(identity.peer_id) not in {p.peer_id for p in await worker.discover("spec")}
-            await worker.aclose()
-        run(body)
+def test_a_spec_client_registers_a_signed_peer_record_and_discovers_with_cookies(replicas):
+    url, door = replicas
+    async def body(nursery):
+        host, identity = await client_host(nursery, door)
+        spec = await open_spec(host, door)
+        record = signed_record(identity, ["/ip4/198.51.100.5/tcp/4001"])
+        assert await spec.register("spec", record, 600) == (OK, 600)
+        # the same stream serves the next requests
+        status, registrations, cookie = await spec.discover("spec")
+        assert status == OK and [r[2][0] for r in registrations] == [record]
+        assert registrations[0][1][0] == b"spec" and 0 < registrations[0][3][0] <= 600
+        # the cookie returns only what is new since
+        assert (await spec.discover("spec", cookie))[1] == []
+        worker = RendezvousClient(url, new_identity())
+        await worker.register("spec", ["/ip4/192.0.2.9/tcp/4001"], 120)  # HTTP, with a signed record
+        status, fresh, _ = await spec.discover("spec", cookie)
+        assert status == OK
+        assert [record_peer(r[2][0]) for r in fresh] == [str(worker.identity.peer_id)]
+        # no namespace: every namespace
+        status, everywhere, _ = await spec.discover("")
+        assert status == OK and {r[1][0] for r in everywhere} >= {b"spec"}
+        # over HTTP the record is there, as the peer signed it
+        async with httpx.AsyncClient() as plain:
+            http_peer = (await plain.get(f"{url}/peers", params={"namespace": "spec"})).json()["Peers"]
+        assert any(p["ID"] == str(identity.peer_id) and p["Addrs"] == ["/ip4/198.51.100.5/tcp/4001"]
+                   for p in http_peer)
+        await spec.send(unregister_msg("spec"))
+        await eventually(lambda: worker.discover("spec"),
+                         lambda listed: str(identity.peer_id) not in {p.peer_id for p in listed},
+                         what="the unregistration")
+        await worker.aclose()
+    run(body)
 
 
-def test_bad_requests_get_the_spec_status_store_nothing_and_the_server_keeps_serving(shared_store):
-    with rendezvous_process(shared_store) as url:
-        async def body(nursery):
-            relay = await start_relay(nursery, relay_settings(RENDEZVOUS_PROTOCOL="true", **shared_store))
-            host, identity = await client_host(nursery, relay)
-            spec = await open_spec(host, relay)
-            # garbage where the signed peer record goes
-            assert (await spec.register("bad", b"\xff\x01garbage"))[0] == E_INVALID_SPR
-            # a record for another peer, validly signed by that peer
-            other = new_identity()
-            assert (await spec.register("bad", signed_record(other, ["/ip4/192.0.2.1/tcp/1"])))[0] == E_NOT_AUTHORIZED
-            # our own record with its signature broken
-            record = bytearray(signed_record(identity, ["/ip4/192.0.2.1/tcp/1"]))
-            record[-1] ^= 1
-            assert (await spec.register("bad", bytes(record)))[0] == E_INVALID_SPR
-            # a forged cookie
-            assert (await spec.discover("bad", b"forged-cookie-AAAAAAAAAAAAAAAAAAAAAAAAAAAA"))[0] == E_INVALID_COOKIE
-            # garbage that is not even a message: our stream ends, nothing else does
-            await spec.send(b"\x08\x00\x12\x05\xff\xff")
-            # an oversized frame: the length is refused before the body is read, and the stream closed
-            oversized = await open_spec(host, relay)
-            await oversized.stream.write(uvarint(10 * 1024 * 1024) + b"x" * 100)
-            with trio.fail_after(5):
-                with pytest.raises(Exception):
-                    while True:
-                        if not await oversized.stream.read(100):
-                            raise EOFError
-            # nothing was stored, and a fresh stream is served normally
-            http = RendezvousClient(url, new_identity())
-            assert await http.discover("bad") == []
-            fresh = await open_spec(host, relay)
-            good = signed_record(identity, ["/ip4/192.0.2.1/tcp/1"])
-            assert (await fresh.register("bad", good))[0] == OK
-            assert [p.peer_id for p in await http.discover("bad")] == [str(identity.peer_id)]
-            await http.aclose()
-        run(body)
+def test_bad_requests_get_the_spec_status_store_nothing_and_the_server_keeps_serving(replicas):
+    url, door = replicas
+    async def body(nursery):
+        host, identity = await client_host(nursery, door)
+        spec = await open_spec(host, door)
+        # garbage where the signed peer record goes
+        assert (await spec.register("bad", b"\xff\x01garbage"))[0] == E_INVALID_SPR
+        # a record for another peer, validly signed by that peer
+        other = new_identity()
+        assert (await spec.register("bad", signed_record(other, ["/ip4/192.0.2.1/tcp/1"])))[0] == E_NOT_AUTHORIZED
+        # our own record with its signature broken
+        record = bytearray(signed_record(identity, ["/ip4/192.0.2.1/tcp/1"]))
+        record[-1] ^= 1
+        assert (await spec.register("bad", bytes(record)))[0] == E_INVALID_SPR
+        # a forged cookie
+        assert (await spec.discover("bad", b"forged-cookie-AAAAAAAAAAAAAAAAAAAAAAAAAAAA"))[0] == E_INVALID_COOKIE
+        # garbage that is not even a message: our stream ends, nothing else does
+        await spec.send(b"\x08\x00\x12\x05\xff\xff")
+        # an oversized frame: the length is refused before the body is read, and the stream closed
+        oversized = await open_spec(host, door)
+        await oversized.stream.write(uvarint(10 * 1024 * 1024) + b"x" * 100)
+        with trio.fail_after(5):
+            with pytest.raises(Exception):
+                while True:
+                    if not await oversized.stream.read(100):
+                        raise EOFError
+        # nothing was stored, and a fresh stream is served normally
+        http = RendezvousClient(url, new_identity())
+        assert await http.discover("bad") == []
+        fresh = await open_spec(host, door)
+        good = signed_record(identity, ["/ip4/192.0.2.1/tcp/1"])
+        assert (await fresh.register("bad", good))[0] == OK
+        assert [p.peer_id for p in await http.discover("bad")] == [str(identity.peer_id)]
+        await http.aclose()
+    run(body)
 
 
 def test_the_rendezvous_service_serves_the_protocol_on_its_own_store_when_given_a_tcp_port():

@@ -13,11 +13,17 @@ from libp2p.peer.envelope import seal_record
 from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
 
-from rendezvous.envelope import b58decode, b58encode, check_peer_record, open_envelope, seal
-from rendezvous.errors import ApiError, ErrorCode
-from rendezvous.registration import DOMAIN, REGISTER_PAYLOAD_TYPE, parse_registration
+from shared.envelope import b58decode, b58encode, check_peer_record, open_envelope, seal
+from shared.errors import ApiError, ErrorCode
+from rendezvous.rules import registration as parse_rules
+from shared.registration import DOMAIN, REGISTER_PAYLOAD_TYPE, open_signed
 from rendezvous.settings import Limits
 from tests.helpers import new_key, peer_id, registration_payload
+
+
+def parse_registration(body: bytes):
+    """What the rendezvous makes of a registration body: the envelope opened, then every rule applied."""
+    return parse_rules(open_signed(body, REGISTER_PAYLOAD_TYPE), Limits(), "default")
 
 
 def libp2p_envelope(key_pair, payload: bytes, payload_type: bytes = REGISTER_PAYLOAD_TYPE) -> bytes:
@@ -31,7 +37,7 @@ def test_registration_signed_by_py_libp2p_is_accepted():
     libp2p_id = ID.from_pubkey(pair.public_key).to_base58()
     payload = {"peer": libp2p_id, "ns": "chat", "addrs": ["/ip4/198.51.100.1/tcp/4001"], "ttl": 120,
                "ts": registration_payload(new_key())["ts"], "nonce": "n0nce-n0nce-n0nce-1"}
-    reg = parse_registration(libp2p_envelope(pair, json.dumps(payload).encode()), Limits(), "default")
+    reg = parse_registration(libp2p_envelope(pair, json.dumps(payload).encode()))
     assert (reg.peer_id, reg.namespace, reg.addrs, reg.ttl) == (libp2p_id, "chat", ("/ip4/198.51.100.1/tcp/4001",), 120)
 
 
@@ -50,7 +56,7 @@ def test_py_libp2p_peer_record_is_accepted_and_kept_verbatim():
     raw = seal_record(record, pair.private_key).marshal_envelope()
     payload = {**registration_payload(new_key()), "peer": ID.from_pubkey(pair.public_key).to_base58(),
                "record": base64.b64encode(raw).decode()}
-    reg = parse_registration(libp2p_envelope(pair, json.dumps(payload).encode()), Limits(), "default")
+    reg = parse_registration(libp2p_envelope(pair, json.dumps(payload).encode()))
     assert reg.signed_peer_record == base64.b64encode(raw).decode()
     _, parsed = consume_envelope(base64.b64decode(reg.signed_peer_record), "libp2p-peer-record")
     assert [str(a) for a in parsed.addrs] == ["/ip4/198.51.100.1/tcp/4001"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from rendezvous.registration import sign_registration
-from tests.conftest import RedisServer, make_settings, serve
+from shared.registration import sign_registration
+from tests.servers import RedisServer, make_settings, serve
 from tests.helpers import new_key, peer_id
 
 

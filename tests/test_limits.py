@@ -6,13 +6,15 @@ import time
 
 import pytest
 
-from rendezvous.envelope import bytes_field, seal, varint_field
+from shared.envelope import seal
+from shared.protobuf import bytes_field, varint_field
 from rendezvous.connection import RespConnection
 from rendezvous.keys import KeySchema
-from rendezvous.registration import DOMAIN, UNREGISTER_PAYLOAD_TYPE, Registration, sign_registration
+from rendezvous.record import Registration
+from shared.registration import DOMAIN, UNREGISTER_PAYLOAD_TYPE, sign_registration
 from rendezvous.settings import Limits
 from rendezvous.store import Store
-from tests.conftest import make_settings, serve, snapshot
+from tests.servers import make_settings, serve, snapshot
 from tests.helpers import new_key, peer_id, registration_payload, signed_payload
 
 KEY = new_key()

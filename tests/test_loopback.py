@@ -9,7 +9,7 @@ import pytest
 
 from tests.p2p import (BIN, new_identity, ordered_identities, record_of, relay_settings, rendezvous_process, run, start_relay, start_worker, until,
                        worker_settings)
-from worker.rendezvous_client import RendezvousClient
+from shared.rendezvous_client import RendezvousClient
 
 
 @pytest.fixture(scope="module")

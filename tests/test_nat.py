@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.natlab import NatLab, missing_prerequisite
-from worker.identity import Identity
+from shared.identity import Identity
 
 pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
                                 reason=f"NAT lab unavailable: {missing_prerequisite()}")

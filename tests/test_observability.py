@@ -18,14 +18,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from rendezvous import tracing
-from rendezvous.logs import JsonFormatter
-from rendezvous.registration import sign_registration
-from tests.conftest import free_port, make_settings, serve
+from shared import tracing
+from shared.logs import JsonFormatter
+from shared.registration import sign_registration
+from tests.servers import free_port, make_settings, serve
 from tests.helpers import new_key
 from tests.p2p import (BIN, new_identity, ordered_identities, record_of, relay_settings, rendezvous_process, run,
                        start_relay, start_worker, until, worker_settings)
-from worker.rendezvous_client import RendezvousClient
+from shared.rendezvous_client import RendezvousClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import pathlib
 
 import nacl.signing
 
-from rendezvous.envelope import open_envelope, seal
-from rendezvous.registration import DOMAIN, REGISTER_PAYLOAD_TYPE
+from shared.envelope import open_envelope, seal
+from shared.registration import DOMAIN, REGISTER_PAYLOAD_TYPE
 
 README = pathlib.Path(__file__).parent.parent / "README.md"
 

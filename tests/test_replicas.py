@@ -11,8 +11,8 @@ import time
 import aiohttp
 import pytest
 
-from rendezvous.registration import sign_registration, sign_unregistration
-from tests.conftest import COOKIE_KEY, free_port
+from shared.registration import sign_registration, sign_unregistration
+from tests.servers import COOKIE_KEY, free_port
 from tests.helpers import new_key, peer_id
 
 

@@ -29,12 +29,12 @@ GOOD = {"REDIS_URL": "rediss://:secret@10.0.0.3:6378/0", "COOKIE_HMAC_KEY": "c" 
 ])
 def test_bad_variable_is_named(env, variable):
     with pytest.raises(ConfigError) as err:
-        Settings.from_env(env)
-    assert str(err.value).startswith(f"{variable}:")
+        Settings.parse([], env)
+    assert str(err.value).startswith(f"{variable} (--")
 
 
 def test_demo_settings_are_parsed_once_at_start():
-    settings = Settings.from_env({"DEMO_RELAY_ADDRS": " /dns4/relay.example.com/tcp/443/wss/p2p/x , ",
+    settings = Settings.parse([], {"DEMO_RELAY_ADDRS": " /dns4/relay.example.com/tcp/443/wss/p2p/x , ",
                                   "DEMO_ICE_SERVERS": "stun:stun.example.com:3478", "DEMO_NAMESPACE": "chat"})
     assert settings.demo_relay_addrs == ("/dns4/relay.example.com/tcp/443/wss/p2p/x",)
     assert settings.demo_ice_servers == ("stun:stun.example.com:3478",)
@@ -42,10 +42,10 @@ def test_demo_settings_are_parsed_once_at_start():
 
 
 def test_memorystore_style_url_and_defaults():
-    settings = Settings.from_env({**GOOD, "PORT": "9000", "MAX_ADDRS": "4"})
+    settings = Settings.parse([], {**GOOD, "PORT": "9000", "MAX_ADDRS": "4"})
     assert settings.redis_url == GOOD["REDIS_URL"] and settings.port == 9000 and settings.limits.max_addrs == 4
     assert settings.limits.ttl_min == 10 and settings.limits.ttl_default == 7200 and settings.limits.ttl_max == 259200
-    assert Settings.from_env({}).embedded
+    assert Settings.parse([], {}).embedded
 
 
 def test_cli_exits_with_the_variable_named():

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from rendezvous import wire
-from rendezvous.envelope import bytes_field, varint_field
+from rendezvous.p2p import wire
+from shared.protobuf import bytes_field, varint_field
 
 
 def test_random_bytes_decode_to_a_request_or_a_wire_error():

@@ -10,11 +10,11 @@ import pytest
 
 from relay.settings import RelaySettings
 from tests.p2p import BIN
-from rendezvous.frames import FrameReader
+from shared.frames import FrameReader
 from worker.echo import MAX_FRAME, FrameError, encode_frame
-from worker.identity import IdentityError, load_identity
-from worker.options import OptionError
-from worker.rendezvous_client import _peer_entry
+from shared.identity import IdentityError, load_identity
+from shared.settings import ConfigError
+from shared.rendezvous_client import _peer_entry
 from worker.settings import OPTIONS, WorkerSettings
 
 
@@ -46,12 +46,12 @@ def test_environment_and_flags_both_set_options_and_flags_win():
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
 ])
 def test_a_bad_value_names_its_variable(env, names):
-    with pytest.raises(OptionError, match=names):
+    with pytest.raises(ConfigError, match=names):
         WorkerSettings.parse([], env)
 
 
 def test_a_relay_with_every_port_off_is_refused():
-    with pytest.raises(OptionError, match="unreachable"):
+    with pytest.raises(ConfigError, match="unreachable"):
         RelaySettings.parse([], {"TCP_PORT": "off", "WS_PORT": "off", "QUIC_PORT": "off"})
 
 
@@ -114,7 +114,7 @@ def test_a_malformed_discovered_peer_is_skipped(entry):
 
 
 def test_variables_are_filled_from_secret_manager_references_and_bad_ones_refused():
-    from worker.secrets import SecretError, fill_from_secrets
+    from shared.secrets import SecretError, fill_from_secrets
 
     env = {"IDENTITY_KEY_SECRET": "projects/p/secrets/relay-identity/versions/latest", "OTHER": "x"}
     assert fill_from_secrets(env, fetch=lambda ref: f"value of {ref}") == ["IDENTITY_KEY"]

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import RedisServer, free_port
+from tests.servers import RedisServer, free_port
 from tests.p2p import BIN, new_identity, rendezvous_process, run, start_worker, until, worker_settings
 from worker import echo
-from worker.rendezvous_client import RendezvousClient, RendezvousError
+from shared.rendezvous_client import RendezvousClient, RendezvousError
 
 
 def role_process(role: str, rendezvous_url: str, tmp_path, **env) -> subprocess.Popen:

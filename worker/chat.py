@@ -8,7 +8,7 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 
-from rendezvous.frames import FrameError, FrameReader, close_quietly, encode_frame
+from shared.frames import FrameError, FrameReader, close_quietly, encode_frame
 
 PROTOCOL = TProtocol("/holepunch-services/chat/1.0.0")
 MAX_MESSAGE = 4096

@@ -14,8 +14,8 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 
-from rendezvous import frames
-from rendezvous.frames import FrameError
+from shared import frames
+from shared.frames import FrameError
 
 PROTOCOL = TProtocol("/holepunch-services/echo/1.0.0")
 MAX_FRAME = 4096

@@ -5,29 +5,15 @@ from a loop that looks at relayed connections every 2 s, and it first spends up 
 "unilateral" direct dial to whatever addresses the peerstore holds (usually the peer's private LAN
 addresses). Our connector has already tried the direct dial before going through the relay, so here the
 unilateral step is skipped and the connector starts the exchange the moment the relayed connection exists.
+The library's choice of TCP listener to punch from is mended by shared.host.install_library_patches.
 """
 from __future__ import annotations
 
-import multiaddr
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
-from libp2p.relay.circuit_v2 import dcutr as _dcutr
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 
-from worker.host import connections_to, is_relayed
-
-
-def _plain_tcp_listen_addrs(host: IHost) -> list[tuple[int, str, int]]:
-    # The library's version counts /tcp/P/ws as a TCP listener; with TCP and WebSocket on separate ports
-    # it may then bind hole-punch dials to the WebSocket port and predict that port to the peer, which
-    # can never work (a raw TCP dial to a WebSocket listener). Only plain TCP listeners qualify.
-    return [parsed for addr in host.get_addrs()
-            if not is_relayed(addr) and "/ws" not in str(addr) and "/quic" not in str(addr)
-            and (parsed := _dcutr._tcp_ip_port(addr if isinstance(addr, multiaddr.Multiaddr)
-                                                else multiaddr.Multiaddr(str(addr)))) is not None]
-
-
-_dcutr._local_tcp_listen_addrs = _plain_tcp_listen_addrs  # pinned libp2p==0.8.1; see the comment above
+from shared.host import connections_to, is_relayed
 
 
 class HolePuncher(DCUtRProtocol):

@@ -1,8 +1,6 @@
 """The worker's Prometheus metrics, named worker_<thing>_<unit>."""
 from prometheus_client import Counter, Gauge, Histogram
 
-PATHS = ("direct", "relayed", "hole-punched", "failed")
-
 REGISTRATIONS = Counter("worker_registrations_total", "Registration attempts at the rendezvous, by outcome",
                         ["outcome"])
 DISCOVERED_PEERS = Gauge("worker_discovered_peers", "Peers in our namespace at the last discovery (not us)")

@@ -1,7 +1,8 @@
 """The worker: one libp2p host and the tasks that keep it registered, reserved at relays and connected.
 
-Every task lives in one nursery owned by `Worker.run`; cancelling it stops them all. On SIGTERM (Cloud Run
-sends it before stopping a container) the worker unregisters before it exits.
+Every long-lived task lives in the nursery `Worker.run` owns, and the per-peer tasks in a nursery of
+`_keep_connected`'s own; cancelling `run` stops them all. `leave()` unregisters (the runner calls it on
+SIGTERM, which Cloud Run sends before stopping a container).
 """
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.tools.anyio_service import background_trio_service
 
-from rendezvous import tracing
-from worker import chat, echo, httpd, metrics
-from worker.addresses import own_addrs
-from worker.backoff import Backoff
-from worker.connector import Connector, PeerPath, Timeouts
+from shared import httpd, tracing
+from shared.addresses import own_addrs
+from shared.backoff import Backoff
+from shared.host import ConnectionWatch, build_host, is_relayed, running
+from shared.identity import Identity
+from shared.registrar import Registrar
+from shared.rendezvous_client import PeerEntry, RendezvousClient, RendezvousError
+from worker import chat, echo, events, metrics
+from worker.connector import Connector, Timeouts
+from worker.events import PeerPath
 from worker.holepunch import HolePuncher, connection_kinds
-from worker.host import build_host, running, is_relayed
-from worker.identity import Identity
-from worker.registrar import Registrar, stop_on_signal
-from worker.rendezvous_client import PeerEntry, RendezvousClient, RendezvousError
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker")
@@ -46,13 +48,14 @@ class Worker:
         self.relay_transport = CircuitV2Transport(self.host, self.circuit,
                                                   RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
         self.puncher = HolePuncher(self.host, dial_timeout=3) if settings.holepunch else None
+        self.tracer = events.Tracer()
+        self.watch = ConnectionWatch(self.host)
         self.connector = Connector(self.host, self.relay_transport, self.puncher,
                                    Timeouts(settings.direct_dial_timeout, settings.relay_dial_timeout,
-                                            settings.holepunch_timeout))
+                                            settings.holepunch_timeout), self.watch, self.tracer)
         self.rendezvous = RendezvousClient(settings.rendezvous_url, identity)
         self.registrar = Registrar(self.rendezvous, settings.namespace, settings.ttl, self.current_addrs,
                                    metrics.REGISTRATIONS)
-        self.peers: dict[str, PeerPath] = {}
         self.relays: dict[str, str] = {}  # relay peer ID -> our circuit address through it
         self.http_port: int | None = None
         self._busy: set[str] = set()
@@ -64,7 +67,11 @@ class Worker:
     def peer_id(self) -> str:
         return str(self.identity.peer_id)
 
-    async def run(self, *, handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    @property
+    def peers(self) -> dict[str, PeerPath]:
+        return self.tracer.peers
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with (running(self.host, self.settings.listen), background_trio_service(self.circuit),
                     trio.open_nursery() as nursery):
             if self.puncher is not None:
@@ -79,12 +86,14 @@ class Worker:
                                               "rendezvous": self.settings.rendezvous_url})
             nursery.start_soon(self._keep_relays, nursery)
             nursery.start_soon(self.registrar.keep_registered)
-            nursery.start_soon(self._keep_connected, nursery)
-            if handle_signals:
-                nursery.start_soon(stop_on_signal, nursery.cancel_scope, self.registrar)
+            nursery.start_soon(self._keep_connected)
             task_status.started(self)
         with trio.CancelScope(shield=True):
             await self.rendezvous.aclose()
+
+    async def leave(self) -> None:
+        """Unregister now rather than when the TTL runs out (the runner calls it on SIGTERM)."""
+        await self.registrar.unregister()
 
     @staticmethod
     async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -95,7 +104,7 @@ class Worker:
     # --- registration -------------------------------------------------------------------------------
 
     def current_addrs(self) -> list[str]:
-        return own_addrs(self.host, list(self.relays.values()), self.settings.announce)
+        return own_addrs(self.host, list(self.relays.values()), self.settings.announce, self.settings.public_networks)
 
     # --- relays --------------------------------------------------------------------------------------
 
@@ -104,7 +113,7 @@ class Worker:
         while True:
             for relay_id in list(self.relays):
                 if not connection_kinds(self.host, ID.from_base58(relay_id)):
-                    log.warning("lost the connection to a relay; reserving again", extra={"relay": relay_id})
+                    self.tracer.emit(events.RelayLost(relay_id))
                     del self.relays[relay_id]
             if len(self.relays) < MAX_RELAYS:
                 for addr in await self._relay_candidates():
@@ -144,44 +153,43 @@ class Worker:
         except Exception as exc:
             delay = backoff.next_delay()
             self._relay_backoff[key] = (backoff, time.monotonic() + delay)
-            log.warning(f"holepunch: no reservation at relay {addr}: {exc}; retrying in {delay:.1f} s",
-                        extra={"event": "reservation_failed", "relay": addr, "error": repr(exc)})
+            self.tracer.emit(events.ReservationFailed(addr, repr(exc), round(delay, 2)))
             return
         self._relay_backoff.pop(key, None)
         base = addr if not addr.endswith(f"/p2p/{relay_id}") else addr[: -len(f"/p2p/{relay_id}")]
         self.relays[key] = f"{base}/p2p/{relay_id}/p2p-circuit"
-        log.info(f"holepunch: reserved a slot at relay {addr}",
-                 extra={"event": "reserved", "relay": addr, "circuit": self.relays[key]})
+        self.tracer.emit(events.Reserved(addr, self.relays[key]))
 
     # --- discovery and connections -------------------------------------------------------------------
 
-    async def _keep_connected(self, nursery: trio.Nursery) -> None:
+    async def _keep_connected(self) -> None:
         backoff = Backoff()
-        while True:
-            try:
-                with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
-                    entries = await self.rendezvous.discover(self.settings.namespace)
-            except RendezvousError as exc:
-                delay = backoff.next_delay(exc.retry_after)
-                log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s", extra={"retry_in": round(delay, 2)})
-                await trio.sleep(delay)
-                continue
-            backoff.reset()
-            others = [e for e in entries if e.peer_id != self.peer_id]
-            metrics.DISCOVERED_PEERS.set(len(others))
-            self._forget_departed({e.peer_id for e in others})
-            for entry in self._choose(others):
-                if entry.peer_id not in self._busy:
-                    self._busy.add(entry.peer_id)
-                    nursery.start_soon(self._tend_peer, entry, nursery)
-            self._count_paths()
-            await trio.sleep(self.settings.discover_interval)
+        async with trio.open_nursery() as peer_tasks:  # one task per peer being tended, owned here
+            while True:
+                try:
+                    with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
+                        entries = await self.rendezvous.discover(self.settings.namespace)
+                except RendezvousError as exc:
+                    delay = backoff.next_delay(exc.retry_after)
+                    log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s",
+                                extra={"retry_in": round(delay, 2)})
+                    await trio.sleep(delay)
+                    continue
+                backoff.reset()
+                others = [e for e in entries if e.peer_id != self.peer_id]
+                metrics.DISCOVERED_PEERS.set(len(others))
+                self._forget_departed({e.peer_id for e in others})
+                for entry in self._choose(others):
+                    if entry.peer_id not in self._busy:
+                        self._busy.add(entry.peer_id)
+                        peer_tasks.start_soon(self._tend_peer, entry, peer_tasks)
+                await trio.sleep(self.settings.discover_interval)
 
     def _forget_departed(self, listed: set[str]) -> None:
         """Drop the records of peers that left the namespace and to which we hold no connection."""
         for peer_id in [p for p in self.peers if p not in listed and p not in self._busy]:
             if not connection_kinds(self.host, ID.from_base58(peer_id)):
-                del self.peers[peer_id]
+                self.tracer.emit(events.Departed(peer_id))
 
     def _choose(self, entries: list[PeerEntry]) -> list[PeerEntry]:
         """The connect policy: all, or N at random, keeping the peers we are already connected to."""
@@ -192,19 +200,19 @@ class Worker:
         room = max(0, self.settings.connect - len(held))
         return held[: self.settings.connect] + random.sample(rest, min(room, len(rest)))
 
-    async def _tend_peer(self, entry: PeerEntry, nursery: trio.Nursery) -> None:
+    async def _tend_peer(self, entry: PeerEntry, peer_tasks: trio.Nursery) -> None:
         """Connect to one peer, or check that its connection still carries our echo."""
         try:
-            record = self.peers.setdefault(entry.peer_id, PeerPath(entry.peer_id))
+            record = self.tracer.record(entry.peer_id)
             if record.connected:
                 await self._check_alive(entry, record)
             elif time.monotonic() >= record.retry_at:
                 async with self._connect_slots:
                     await self._yield_to_lower_id(entry)
-                    await self.connector.connect(entry, record)
+                    await self.connector.connect(entry)
                 if record.connected and self.settings.chat_greeting and entry.peer_id not in self._chatting:
                     self._chatting.add(entry.peer_id)
-                    nursery.start_soon(self._chat, entry.peer_id)
+                    peer_tasks.start_soon(self._chat, entry.peer_id)
         finally:
             self._busy.discard(entry.peer_id)
 
@@ -226,30 +234,20 @@ class Worker:
             return
         budget = self.settings.direct_dial_timeout + self.settings.relay_dial_timeout + 1.0
         peer = ID.from_base58(entry.peer_id)
-        with trio.move_on_after(budget):
-            while not connection_kinds(self.host, peer):
-                await trio.sleep(0.05)
+        await self.watch.wait_until(lambda: bool(connection_kinds(self.host, peer)), budget)
 
     async def _check_alive(self, entry: PeerEntry, record: PeerPath) -> None:
         peer = ID.from_base58(entry.peer_id)
         kinds = connection_kinds(self.host, peer)
-        if record.path == "relayed" and "direct" in kinds:
-            record.path = "hole-punched"  # the peer's DCUtR got through later
         try:
             if not kinds:
                 raise ConnectionError("no connection is left")
-            await self.connector.prove(peer, record)
-            log.debug(f"holepunch: echo with {entry.peer_id} over {record.over} in {record.rtt_ms} ms",
-                      extra={"event": "echo", "peer": entry.peer_id, "path": record.path, "over": record.over,
-                             "rtt_ms": record.rtt_ms})
+            rtt_ms, over = await self.connector.prove(peer)
         except Exception as exc:
-            record.path, record.error, record.retry_at = "failed", f"lost: {exc!r}", 0.0
-            log.warning(f"holepunch: lost the connection to {entry.peer_id}; reconnecting",
-                        extra={"event": "lost", "peer": entry.peer_id, "error": repr(exc)})
-
-    def _count_paths(self) -> None:
-        for path in ("direct", "relayed", "hole-punched"):
-            metrics.CONNECTED_PEERS.labels(path).set(sum(1 for r in self.peers.values() if r.path == path))
+            self.tracer.emit(events.Lost(entry.peer_id, repr(exc)))
+            return
+        upgraded = record.path == "relayed" and "direct" in kinds  # the peer's DCUtR got through later
+        self.tracer.emit(events.EchoAnswered(entry.peer_id, rtt_ms, over, upgraded))
 
     # --- HTTP endpoints ------------------------------------------------------------------------------
 

@@ -2,31 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import Sequence
 
-import multiaddr
-
-from rendezvous.registration import namespace_problem
-from worker.host import ListenPlan
-from worker.options import (Option, boolean, log_level, comma_list, parse_options, port_or_off, positive_float,
-                            positive_int)
-
-
-def namespace(text: str) -> str:
-    problem = namespace_problem(text)
-    if problem:
-        raise ValueError(problem)
-    return text
-
-
-def multiaddrs(text: str) -> tuple[str, ...]:
-    addrs = comma_list(text)
-    for addr in addrs:
-        try:
-            multiaddr.Multiaddr(addr)
-        except Exception as exc:
-            raise ValueError(f"{addr!r} is not a multiaddr ({exc})") from None
-    return addrs
+from shared.host import ListenPlan
+from shared.settings import (OBSERVABILITY_OPTIONS, Observability, Option, boolean, comma_list, http_url, multiaddrs, namespace,
+                             observability, parse_options, port_or_off, positive_float, positive_int)
 
 
 def connect_policy(text: str) -> int | None:
@@ -36,10 +17,13 @@ def connect_policy(text: str) -> int | None:
     return positive_int(text)
 
 
-def http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
-    return text.rstrip("/")
+DESCRIPTION = ("A libp2p peer that registers at the rendezvous, discovers the peers of its namespace and connects "
+               "to them: directly, through a relay, or hole-punched.")
+def networks(text: str) -> tuple[ipaddress.IPv4Network, ...]:
+    try:
+        return tuple(ipaddress.IPv4Network(part) for part in comma_list(text))
+    except ValueError as exc:
+        raise ValueError(f"not a list of IPv4 networks ({exc})") from None
 
 
 OPTIONS = [
@@ -50,7 +34,7 @@ OPTIONS = [
            "namespace where relays register themselves; the worker reserves a slot with those it finds"),
     Option("--relay", "LIBP2P_RELAY_BOOTSTRAP", multiaddrs, "",
            "comma-separated multiaddrs (with /p2p/<id>) of circuit relays to reserve a slot with"),
-    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file"),
+    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file", secret=True),
     Option("--identity-file", "IDENTITY_FILE", str, "~/.local/state/holepunch-services/worker.key",
            "file holding the identity seed; created with a new one when missing"),
     Option("--listen-host", "LISTEN_HOST", str, "0.0.0.0", "address the libp2p transports listen on"),
@@ -59,6 +43,9 @@ OPTIONS = [
     Option("--quic-port", "QUIC_PORT", port_or_off, "off", "libp2p QUIC (UDP) port; off on Cloud Run, which blocks UDP"),
     Option("--announce", "ANNOUNCE_ADDRS", multiaddrs, "",
            "comma-separated extra multiaddrs to register (a known public address)"),
+    Option("--public-networks", "PUBLIC_NETWORKS", networks, "",
+           "comma-separated IPv4 networks to treat as public when a relay observes us there, besides the "
+           "global ones (the NAT lab uses the documentation ranges)"),
     Option("--http-host", "HTTP_HOST", str, "0.0.0.0", "address of the /status, /metrics and /healthz endpoints"),
     Option("--port", "PORT", port_or_off, "8081", "port of the /status, /metrics and /healthz endpoints"),
     Option("--ttl", "REGISTRATION_TTL", positive_int, "120", "registration TTL in seconds; refreshed at half of it"),
@@ -73,7 +60,7 @@ OPTIONS = [
     Option("--holepunch", "HOLEPUNCH", boolean, "true", "upgrade relayed connections to direct ones with DCUtR"),
     Option("--chat-greeting", "CHAT_GREETING", str, "",
            "when set, open our chat protocol to every peer we connect to and say this first (browser demo)"),
-    Option("--log-level", "LOG_LEVEL", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    *OBSERVABILITY_OPTIONS,
 ]
 
 
@@ -87,6 +74,7 @@ class WorkerSettings:
     identity_file: str | None
     listen: ListenPlan
     announce: tuple[str, ...]
+    public_networks: tuple[ipaddress.IPv4Network, ...]
     http_host: str
     port: int | None
     ttl: int
@@ -97,13 +85,11 @@ class WorkerSettings:
     holepunch_timeout: float
     holepunch: bool
     chat_greeting: str
-    log_level: str
+    observability: Observability
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> "WorkerSettings":
-        values = parse_options("worker", "A libp2p peer that registers at the rendezvous, discovers the peers "
-                               "of its namespace and connects to them: directly, through a relay, or "
-                               "hole-punched.", OPTIONS, argv, environ)
+        values = parse_options("worker", DESCRIPTION, OPTIONS, argv, environ)
         listen = ListenPlan(values.pop("listen_host"), values.pop("tcp_port"), values.pop("ws_port"),
                             values.pop("quic_port"))
-        return cls(listen=listen, **values)
+        return cls(listen=listen, observability=observability(values), **values)

@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 description served at /openapi.json."""
-from rendezvous.errors import ErrorCode
+from shared.errors import ErrorCode
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 

@@ -1,8 +1,12 @@
-"""Lua run inside Redis: each script is one atomic step on one Cluster slot, with Redis's own clock.
+"""The Lua scripts run inside Redis: each is one atomic step on one Cluster slot, with Redis's own clock.
 
 Times come from `TIME` inside the script, so every replica agrees on what has expired and an expired
-registration is never returned, whatever the replicas' clocks say.
+registration is never returned, whatever the replicas' clocks say. Stored records begin with their expiry
+in EXPIRY_DIGITS digits (rendezvous/record.py owns that format; the width is handed in from there).
 """
+from rendezvous.record import EXPIRY_DIGITS
+
+_D = str(EXPIRY_DIGITS)
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -59,7 +63,7 @@ local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= seq then seq = tonumber(last[2]) + 1 end
 redis.call('ZADD', KEYS[1], expiry, member)
 redis.call('ZADD', KEYS[2], seq, member)
-redis.call('HSET', KEYS[3], member, string.format('%013d', expiry) .. ARGV[2])
+redis.call('HSET', KEYS[3], member, string.format('%0""" + _D + """d', expiry) .. ARGV[2])
 -- the namespace's keys live as long as its longest registration, then Redis drops them by itself
 local longest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], longest[2]) end
@@ -68,7 +72,7 @@ return {1, expiry, 0}
 """
 
 # KEYS: namespace expiries, sequence, records.  ARGV: cursor (a sequence number), limit.
-# -> {now_ms, new cursor, more 0/1, record...}; each record still carries its 13-digit expiry.
+# -> {now_ms, new cursor, more 0/1, record...}; each record still carries its expiry digits.
 DISCOVER = _NOW + """
 local limit = tonumber(ARGV[2])
 local cursor = ARGV[1]
@@ -82,7 +86,7 @@ while #out - 3 < limit and budget > 0 do
   local records = redis.call('HMGET', KEYS[3], unpack(members))
   for i = 1, #records do
     local record = records[i]
-    if record and tonumber(string.sub(record, 1, 13)) > now then out[#out + 1] = record end
+    if record and tonumber(string.sub(record, 1, """ + _D + """)) > now then out[#out + 1] = record end
   end
   -- only the last member's score is needed: formatting every score costs more than the lookup
   cursor = redis.call('ZSCORE', KEYS[2], members[#members])
@@ -96,7 +100,7 @@ return out
 # KEYS: namespace expiries, sequence, records.  ARGV: member.  -> {now_ms, record or false}
 LOOKUP = _NOW + """
 local record = redis.call('HGET', KEYS[3], ARGV[1])
-if record and tonumber(string.sub(record, 1, 13)) > now then return {now, record} end
+if record and tonumber(string.sub(record, 1, """ + _D + """)) > now then return {now, record} end
 return {now, false}
 """
 

@@ -6,16 +6,17 @@ unless configured:
 - TRACE_FILE=path: spans are appended to that file as JSON lines (for debugging, and the tests).
 
 W3C `traceparent` headers carry a trace from the worker's HTTP calls into the rendezvous, so one trace shows
-a registration across both processes. Log lines written inside a span carry its IDs (logs.py).
+a registration across both processes. Log lines written inside a span carry its IDs (shared/logs.py).
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
+
+from shared.settings import Observability
 
 tracer = trace.get_tracer("holepunch-services")
 _OFF = contextlib.nullcontext(trace.INVALID_SPAN)  # reusable: a span that records nothing
@@ -45,16 +46,14 @@ def inject(headers: dict[str, str]) -> None:
         propagate.inject(headers)
 
 
-def configure(service_name: str, environ: dict[str, str] | os._Environ = os.environ) -> bool:
+def configure(service_name: str, settings: Observability) -> bool:
     """Install a tracer provider for this process if tracing is configured; returns whether it is on. The
     SDK is imported only then: with tracing off a process never loads it (~80 ms of start-up)."""
-    otlp = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    trace_file = environ.get("TRACE_FILE")
-    if not otlp and not trace_file:
+    if not settings.otlp_endpoint and not settings.trace_file:
         return False
-    from rendezvous.trace_export import install
+    from shared.trace_export import install
 
-    install(service_name, otlp_enabled=bool(otlp), trace_file=trace_file)
+    install(service_name, otlp_enabled=bool(settings.otlp_endpoint), trace_file=settings.trace_file)
     return True
 
 
@@ -64,3 +63,10 @@ def current_ids() -> tuple[str, str, bool] | None:
     if not context.is_valid:
         return None
     return f"{context.trace_id:032x}", f"{context.span_id:016x}", context.trace_flags.sampled
+
+
+def add_event(name: str, attributes: dict) -> None:
+    """An event on the current span (nothing when tracing is off or outside any span)."""
+    if enabled():
+        trace.get_current_span().add_event(name, {k: v if isinstance(v, (str, int, float, bool)) else str(v)
+                                                  for k, v in attributes.items() if v is not None})

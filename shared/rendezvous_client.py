@@ -12,9 +12,9 @@ import logging
 import httpx
 from opentelemetry.trace import SpanKind, StatusCode
 
-from rendezvous import tracing
-from rendezvous.registration import sign_registration, sign_unregistration
-from worker.identity import Identity
+from shared import tracing
+from shared.registration import sign_registration, sign_unregistration
+from shared.identity import Identity
 
 log = logging.getLogger("worker.rendezvous")
 PAGE_LIMIT = 100
@@ -44,8 +44,7 @@ class PeerEntry:
 
 @dataclasses.dataclass(frozen=True)
 class Registered:
-    ttl: int
-    created: bool
+    ttl: int  # what the service granted
 
 
 class RendezvousClient:
@@ -64,7 +63,7 @@ class RendezvousClient:
         response = await self._send("POST", "/peers", content=body,
                                     headers={"Content-Type": "application/octet-stream"})
         answer = _json(response)
-        return Registered(ttl=int(answer.get("TTL", ttl)), created=response.status_code == 201)
+        return Registered(ttl=int(answer.get("TTL", ttl)))
 
     async def unregister(self, namespace: str) -> None:
         body = sign_unregistration(self.identity.signing_key, namespace)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from libp2p.network.stream.exceptions import StreamEOF
 
-from rendezvous.envelope import uvarint
+from shared.protobuf import uvarint
 
 
 class FrameError(Exception):

@@ -1,23 +1,27 @@
-"""The aiohttp application: factory, cross-cutting middlewares and the store's lifecycle."""
+"""The HTTP door: the aiohttp application's factory, its cross-cutting middlewares, and the lifecycle of
+the registry under it (and of the libp2p door beside it, when LIBP2P_TCP_PORT is set)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from aiohttp import web
 
 from opentelemetry.trace import SpanKind
 
-from rendezvous import api, demo, metrics, tracing
-from rendezvous.cookie import CookieCodec
-from rendezvous.errors import ApiError, ErrorCode
+from rendezvous import metrics
+from rendezvous.http import demo, routes
+from rendezvous.registry import Registry
 from rendezvous.settings import Settings
 from rendezvous.store import open_store
+from shared import tracing
+from shared.errors import ApiError, ErrorCode
 
 log = logging.getLogger(__name__)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": f"Retry-After, {api.COOKIE_HEADER}, {api.MORE_HEADER}",
+    "Access-Control-Expose-Headers": f"Retry-After, {routes.COOKIE_HEADER}, {routes.MORE_HEADER}",
 }
 PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
@@ -38,7 +42,7 @@ def error_response(exc: ApiError) -> web.Response:
 def _as_api_error(exc: web.HTTPException, request: web.Request) -> ApiError:
     kind = _HTTP_ERRORS.get(exc.status, ErrorCode.INTERNAL)
     if kind is ErrorCode.BODY_TOO_LARGE:
-        limit = request.app[api.SETTINGS].limits.max_body_bytes
+        limit = request.app[routes.SETTINGS].limits.max_body_bytes
         return ApiError(kind, f"the request body is larger than {limit} bytes")
     if kind is ErrorCode.METHOD_NOT_ALLOWED:
         return ApiError(kind, f"{request.method} is not allowed on {request.path}")
@@ -81,27 +85,43 @@ async def _respond(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+FAILURE = web.AppKey("failure", list)  # what stopped the service from inside, for the CLI's exit status
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[observe], client_max_size=settings.limits.max_body_bytes)
-    app[api.SETTINGS] = settings
-    app[api.COOKIES] = CookieCodec(settings.cookie_key)
+    app[routes.SETTINGS] = settings
+    app[FAILURE] = []
 
-    async def store_lifecycle(app: web.Application):
-        app[api.STORE] = await open_store(settings)
+    async def registry_lifecycle(app: web.Application):
+        store = await open_store(settings)
+        app[routes.REGISTRY] = Registry(store, settings)
         yield
-        await app[api.STORE].close()
+        await store.close()
 
     async def libp2p_door_lifecycle(app: web.Application):
         # imported here: a service without LIBP2P_TCP_PORT never loads py-libp2p (~1 s, ~80 MiB)
-        from rendezvous.p2p_door import start_door_thread
+        from rendezvous.p2p.handler import start_door
 
-        door_thread = start_door_thread(settings, app[api.STORE], app[api.COOKIES])
+        loop = asyncio.get_running_loop()
+
+        def door_failed(exc: BaseException) -> None:  # in the door's thread
+            loop.call_soon_threadsafe(_stop_service, app, f"the libp2p door failed: {exc!r}")
+
+        door = await start_door(settings, app[routes.REGISTRY], door_failed)
         yield
-        door_thread.stop()
+        door.stop()
 
-    app.cleanup_ctx.append(store_lifecycle)
+    app.cleanup_ctx.append(registry_lifecycle)
     if settings.libp2p_tcp_port is not None:
         app.cleanup_ctx.append(libp2p_door_lifecycle)
-    api.add_routes(app)
+    routes.add_routes(app)
     demo.add_routes(app)
     return app
+
+
+def _stop_service(app: web.Application, reason: str) -> None:
+    """A part of the service died: stop the whole process loudly rather than serve on without it."""
+    log.critical("stopping the service: %s", reason)
+    app[FAILURE].append(reason)
+    raise web.GracefulExit()  # out of the event loop: aiohttp's run_app cleans up and returns

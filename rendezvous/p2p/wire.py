@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from rendezvous.envelope import bytes_field, parse_message, uvarint, varint_field
+from shared.protobuf import bytes_field, parse_message, varint_field
 
 PROTOCOL_ID = "/rendezvous/1.0.0"
 MAX_FRAME_BYTES = 16 * 1024  # a register with a signed peer record of 16 addresses is under 2 KiB
@@ -134,10 +134,6 @@ def _decode_register(body: dict[int, list], namespace: str) -> Register:
     peer_id = _one(inner, 1, bytes, b"")
     addrs = tuple(a for a in inner.get(2, []) if isinstance(a, bytes))
     return Register(namespace, ttl, legacy_peer=LegacyPeer(peer_id, addrs))
-
-
-def frame(message: bytes) -> bytes:
-    return uvarint(len(message)) + message
 
 
 def register_response(status: Status, text: str = "", ttl: int = 0) -> bytes:

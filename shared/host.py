@@ -1,4 +1,5 @@
-"""The libp2p host both the worker and the relay run, built with safe settings in one place.
+"""The libp2p host every libp2p role runs (worker, relay, the rendezvous's libp2p door), built with safe
+settings in one place, and the py-libp2p patches those roles install at start.
 
 py-libp2p 0.8.1's defaults are wrong for us (see the shared notes): it accepts unencrypted connections,
 dials every peer it hears of, and waits 250 ms per dial. Here: Noise is the only security protocol,
@@ -12,14 +13,15 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import multiaddr
+import trio
 from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from worker.identity import Identity
+from shared.identity import Identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,3 +89,62 @@ def connections_to(host: IHost, peer_id) -> list:
     return conns if isinstance(conns, list) else [conns]
 
 
+
+
+def _plain_tcp_listen_addrs(host: IHost) -> list[tuple[int, str, int]]:
+    # The library's version counts /tcp/P/ws as a TCP listener; with TCP and WebSocket on separate ports
+    # it may then bind hole-punch dials to the WebSocket port and predict that port to the peer, which
+    # can never work (a raw TCP dial to a WebSocket listener). Only plain TCP listeners qualify.
+    from libp2p.relay.circuit_v2 import dcutr
+
+    return [parsed for addr in host.get_addrs()
+            if not is_relayed(addr) and "/ws" not in str(addr) and "/quic" not in str(addr)
+            and (parsed := dcutr._tcp_ip_port(addr if isinstance(addr, multiaddr.Multiaddr)
+                                               else multiaddr.Multiaddr(str(addr)))) is not None]
+
+
+def install_library_patches() -> None:
+    """Mend py-libp2p 0.8.1 (pinned) where it breaks us; called once at start by the runner (and by tests
+    that build nodes in-process), never on import."""
+    from libp2p.relay.circuit_v2 import dcutr
+
+    dcutr._local_tcp_listen_addrs = _plain_tcp_listen_addrs
+
+
+class ConnectionWatch(INotifee):
+    """Wakes waiters whenever the swarm opens or closes a connection, so code waits on an event instead of
+    polling the connection table."""
+
+    def __init__(self, host: IHost):
+        self.host = host
+        self._changed = trio.Event()
+        host.get_network().register_notifee(self)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._notify()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._notify()
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr) -> None:
+        pass
+
+    async def wait_until(self, predicate, timeout: float) -> bool:
+        """Wait until `predicate()` holds, for at most `timeout` seconds; returns whether it held."""
+        with trio.move_on_after(timeout):
+            while not predicate():
+                await self._changed.wait()
+        return bool(predicate())

@@ -15,7 +15,8 @@ from functools import lru_cache
 import nacl.exceptions
 import nacl.signing
 
-from rendezvous.errors import ApiError, ErrorCode
+from shared.errors import ApiError, ErrorCode
+from shared.protobuf import bytes_field, parse_message, uvarint, varint_field
 
 KEY_TYPE_NAMES = {0: "RSA", 1: "Ed25519", 2: "Secp256k1", 3: "ECDSA"}
 ED25519 = 1
@@ -27,61 +28,6 @@ PEER_RECORD_PAYLOAD_TYPE = b"\x03\x01"
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
-
-
-# --- protobuf, the little of it that envelopes need -------------------------------------------------------
-
-def uvarint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated or oversized varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def parse_message(buf: bytes) -> dict[int, list]:
-    """Field number -> values, for messages made of varints (wire type 0) and bytes (wire type 2)."""
-    fields: dict[int, list] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = read_uvarint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = read_uvarint(buf, pos)
-        elif wire_type == 2:
-            length, pos = read_uvarint(buf, pos)
-            if pos + length > len(buf):
-                raise ValueError(f"field {number} runs past the end of the message")
-            value, pos = buf[pos:pos + length], pos + length
-        else:
-            raise ValueError(f"field {number} has unsupported wire type {wire_type}")
-        fields.setdefault(number, []).append(value)
-    return fields
-
-
-def bytes_field(number: int, value: bytes) -> bytes:
-    return uvarint(number << 3 | 2) + uvarint(len(value)) + value
-
-
-def varint_field(number: int, value: int) -> bytes:
-    return uvarint(number << 3) + uvarint(value)
 
 
 # --- identities ---------------------------------------------------------------------------------------------
@@ -211,3 +157,11 @@ def check_peer_record(data: bytes, public_key: bytes) -> None:
     # Libraries accept a record for peer A signed by key B (see the py-libp2p notes): check it ourselves.
     if record_peer != _ED25519_PEER_ID_PREFIX + public_key:
         raise ApiError(ErrorCode.BAD_PEER_RECORD, f"{what} names another peer than its signing key")
+
+
+def peer_record_addrs(payload: bytes) -> list[bytes]:
+    """The binary multiaddrs of a PeerRecord payload {peer_id=1, seq=2, addresses=3 {multiaddr=1}}."""
+    try:
+        return [parse_message(info).get(1, [b""])[0] for info in parse_message(payload).get(3, [])]
+    except (IndexError, TypeError) as exc:
+        raise ValueError(f"not a PeerRecord: {exc}") from None

@@ -7,19 +7,18 @@ import pathlib
 
 from aiohttp import web
 
-from rendezvous import api
-from rendezvous.cookie import START
-from rendezvous.store import peer_fields
+from rendezvous import record
+from rendezvous.http import routes
 
 NOT_BUILT = "The demo page is not built: run scripts/build-web.sh (scripts/run.sh does).\n"
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    return _file(pathlib.Path(request.app[api.SETTINGS].web_dir) / "index.html", "text/html")
+    return _file(pathlib.Path(request.app[routes.SETTINGS].web_dir) / "index.html", "text/html")
 
 
 async def bundle(request: web.Request) -> web.StreamResponse:
-    return _file(pathlib.Path(request.app[api.SETTINGS].web_dir) / "dist" / "app.js", "text/javascript")
+    return _file(pathlib.Path(request.app[routes.SETTINGS].web_dir) / "dist" / "app.js", "text/javascript")
 
 
 def _file(path: pathlib.Path, content_type: str) -> web.StreamResponse:
@@ -29,20 +28,19 @@ def _file(path: pathlib.Path, content_type: str) -> web.StreamResponse:
 
 
 async def config(request: web.Request) -> web.Response:
-    settings = request.app[api.SETTINGS]
+    settings = request.app[routes.SETTINGS]
     relays = list(settings.demo_relay_addrs) or await _registered_ws_relays(request, settings.relay_namespace)
     return web.json_response({"namespace": settings.demo_namespace, "relays": relays,
                               "iceServers": [{"urls": url} for url in settings.demo_ice_servers]})
 
 
 async def _registered_ws_relays(request: web.Request, namespace: str) -> list[str]:
-    store = request.app[api.STORE]
-    listed = await store.discover(namespace, START, 20, api.client_ip(request))
-    found = []
-    for record in listed.records:
-        peer = peer_fields(record)
-        found += [f"{addr}/p2p/{peer['ID']}" for addr in peer["Addrs"] if "/ws" in addr and "/p2p/" not in addr]
-    return found
+    found = await request.app[routes.REGISTRY].discover(namespace, None, 20, routes.client_ip(request))
+    addrs = []
+    for _, stored in found.records:
+        peer = record.peer_fields(stored)
+        addrs += [f"{addr}/p2p/{peer['ID']}" for addr in peer["Addrs"] if "/ws" in addr and "/p2p/" not in addr]
+    return addrs
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,16 +6,15 @@ when the service fails, and unregister on the way out; after that, register no m
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from typing import Callable
 
 import trio
 from prometheus_client import Counter
 
-from rendezvous import tracing
-from worker.backoff import Backoff
-from worker.rendezvous_client import RendezvousClient, RendezvousError
+from shared import tracing
+from shared.backoff import Backoff
+from shared.rendezvous_client import RendezvousClient, RendezvousError
 
 log = logging.getLogger("worker.registrar")
 
@@ -86,14 +85,3 @@ class Registrar:
     def _count(self, outcome: str) -> None:
         if self.outcomes is not None:
             self.outcomes.labels(outcome).inc()
-
-
-async def stop_on_signal(scope: trio.CancelScope, registrar: Registrar | None) -> None:
-    """On SIGTERM (Cloud Run sends it before stopping a container) or SIGINT: unregister first, then stop."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("stopping", extra={"signal": signal.Signals(signum).name})
-            break
-    if registrar is not None:
-        await registrar.unregister()
-    scope.cancel()

@@ -14,7 +14,7 @@ import struct
 
 from libp2p.abc import IHost
 
-from worker.host import is_relayed
+from shared.host import is_relayed
 
 _SIOCGIFADDR = 0x8915
 
@@ -48,8 +48,9 @@ def listen_addrs(host: IHost) -> list[str]:
     return sorted(out, key=lambda a: "/ws" in a)  # plain TCP first: what other nodes should try first
 
 
-def observed_public_addrs(host: IHost) -> list[str]:
-    """Public IPs that peers (in practice, the relay) saw us at, with our TCP listen port."""
+def observed_public_addrs(host: IHost, also_public: tuple[ipaddress.IPv4Network, ...] = ()) -> list[str]:
+    """Public IPs that peers (in practice, the relay) saw us at, with our TCP listen port. `also_public`
+    names networks to count as public besides the global ones (the NAT lab's documentation ranges)."""
     manager = getattr(host, "_observed_addr_manager", None)
     if manager is None:
         return []
@@ -58,21 +59,15 @@ def observed_public_addrs(host: IHost) -> list[str]:
     out = []
     for observed in manager.addrs(min_observers=1):
         try:
-            ip = observed.value_for_protocol("ip4")
+            ip = ipaddress.ip_address(observed.value_for_protocol("ip4"))
         except Exception:
             continue
-        if ip and (ipaddress.ip_address(ip).is_global or _is_test_public(ip)):
+        if ip.is_global or any(ip in net for net in also_public):
             out.extend(f"/ip4/{ip}/tcp/{port}" for port in tcp_ports)
     return out
 
 
-def _is_test_public(ip: str | None) -> bool:
-    # The documentation ranges (RFC 5737) stand in for the public internet in our network-namespace NAT
-    # tests; `is_global` calls them reserved.
-    return ip is not None and any(ipaddress.ip_address(ip) in ipaddress.ip_network(net)
-                                  for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
-
-
-def own_addrs(host: IHost, circuit_addrs: list[str], announce: tuple[str, ...] = ()) -> list[str]:
-    ordered = list(announce) + observed_public_addrs(host) + listen_addrs(host) + circuit_addrs
+def own_addrs(host: IHost, circuit_addrs: list[str], announce: tuple[str, ...] = (),
+              also_public: tuple[ipaddress.IPv4Network, ...] = ()) -> list[str]:
+    ordered = list(announce) + observed_public_addrs(host, also_public) + listen_addrs(host) + circuit_addrs
     return list(dict.fromkeys(ordered))

@@ -1,0 +1,122 @@
+"""The HTTP door's routes: decode the request, call the registry, encode the answer. Errors, metrics and
+CORS are the middlewares' (app.py); rules, limits and counting are the registry's."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rendezvous import metrics, record, rules
+from rendezvous.http.openapi import OPENAPI
+from rendezvous.registry import Registry
+from rendezvous.settings import Settings
+from shared.errors import ApiError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", Registry)
+
+NDJSON = "application/x-ndjson"
+COOKIE_HEADER = "X-Rendezvous-Cookie"
+MORE_HEADER = "X-Rendezvous-More"
+
+
+def client_ip(request: web.Request) -> str:
+    """The caller's address; behind N trusted proxies, the Nth entry from the right of X-Forwarded-For (the
+    entries left of it are the client's own to write, so they are never trusted)."""
+    hops = request.app[SETTINGS].trusted_proxy_hops
+    if hops:
+        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+        if len(forwarded) >= hops:
+            try:
+                return str(ipaddress.ip_address(forwarded[-hops]))
+            except ValueError:
+                pass  # not an address: our own proxy would never write that, so fall back to the peer
+    return request.remote or "unknown"
+
+
+async def register(request: web.Request) -> web.Response:
+    registered = await request.app[REGISTRY].register_signed(await request.read(), client_ip(request))
+    reg = registered.registration
+    return web.json_response({"ID": reg.peer_id, "Namespace": reg.namespace, "TTL": reg.ttl,
+                              "ExpiresAt": registered.expiry_ms}, status=200 if registered.renewed else 201)
+
+
+def _namespace_param(request: web.Request) -> str:
+    return request.query.get("namespace", request.app[SETTINGS].default_namespace)
+
+
+async def discover(request: web.Request) -> web.StreamResponse:
+    limit = rules.check_page_limit(request.query.get("limit"), request.app[SETTINGS].limits)
+    found = await request.app[REGISTRY].discover(_namespace_param(request), request.query.get("cookie"), limit,
+                                                 client_ip(request))
+    peers = [record.peer_json(stored, found.now_ms) for _, stored in found.records]
+    headers = {COOKIE_HEADER: found.cookie, MORE_HEADER: "true" if found.more else "false"}
+    if NDJSON in request.headers.get("Accept", ""):
+        body = b"".join(peer + b"\n" for peer in peers)
+        return web.Response(body=body, content_type=NDJSON, headers=headers)
+    body = b'{"Namespace":%s,"Peers":[%s],"Cookie":"%s","More":%s}' % (
+        json.dumps(_namespace_param(request)).encode(), b",".join(peers), found.cookie.encode(),
+        b"true" if found.more else b"false")
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def lookup(request: web.Request) -> web.Response:
+    namespace, peer_id = _namespace_param(request), request.match_info["peer_id"]
+    now_ms, stored = await request.app[REGISTRY].lookup(namespace, peer_id, client_ip(request))
+    if stored is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"peer {peer_id} has no live registration in namespace {namespace!r}")
+    return web.Response(body=record.peer_json(stored, now_ms), content_type="application/json")
+
+
+async def deregister(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    peer_id = request.match_info["peer_id"]
+    if "Authorization" in request.headers:
+        removed = await registry.unregister_by_admin(request.headers["Authorization"], peer_id,
+                                                     request.query.get("namespace"))
+    else:
+        body = await request.read()
+        if not body:
+            raise ApiError(ErrorCode.UNAUTHORIZED, "deregistration needs a signed request from the peer, "
+                           "or an operator's admin token in 'Authorization: Bearer'")
+        removed = await registry.unregister_signed(body, peer_id, client_ip(request))
+    if not removed:
+        raise ApiError(ErrorCode.NOT_FOUND, f"peer {peer_id} has no live registration to remove")
+    return web.json_response({"ID": peer_id, "Removed": removed})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    await request.app[REGISTRY].store.ping()
+    return web.json_response({"status": "ready", "store": "embedded" if request.app[SETTINGS].embedded else "redis"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    try:
+        metrics.set_live_peers(await request.app[REGISTRY].store.live_peers())
+    except ApiError:
+        pass  # the rest of the metrics matter most exactly when Redis is down
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/peers", register)
+    app.router.add_get("/peers", discover)
+    app.router.add_get("/peers/{peer_id}", lookup)
+    app.router.add_delete("/peers/{peer_id}", deregister)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi)
