@@ -2,9 +2,8 @@
 coroutine that runs on an asyncio loop in another thread, and is woken through its trio token when the
 result is in.
 
-The rendezvous service (asyncio in the main thread) runs its libp2p door's trio side in a TrioThread; a
-trio program that needs asyncio code runs it on an AsyncioThread. Either way each side keeps its own
-loop, and a failing thread reports to its owner. A crossing costs ~1-2 ms (shared notes).
+The rendezvous service (asyncio in the main thread) runs its libp2p door's trio side in a TrioThread, which
+reports a failure to its owner; each side keeps its own loop. A crossing costs ~1-2 ms (shared notes).
 """
 from __future__ import annotations
 
@@ -40,25 +39,6 @@ class AsyncioPortal:
             future.cancel()
             raise
         return future.result()
-
-
-class AsyncioThread:
-    """An asyncio event loop in a thread of its own, for trio programs that need asyncio code; the loop is
-    stopped and closed on exit."""
-
-    def __init__(self, name: str = "asyncio"):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-
-    def __enter__(self) -> AsyncioPortal:
-        self.thread.start()
-        return AsyncioPortal(self.loop)
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 class TrioThread:

@@ -75,8 +75,22 @@ async def running(host: IHost, plan: ListenPlan) -> AsyncIterator[IHost]:
     watermarks, so it would still dial up to 150 peers from the peerstore; it has to be stopped.
     """
     async with host.run(plan.multiaddrs()):
+        _check_listening(host, plan)
         await host.get_network().auto_connector.stop()
         yield host
+
+
+def _kind_of(addr: str) -> str:
+    return "quic" if "/quic" in addr else "ws" if "/ws" in addr else "tcp"
+
+
+def _check_listening(host: IHost, plan: ListenPlan) -> None:
+    """py-libp2p 0.8.1 only prints to stderr when a listener cannot start (a port taken, say) and runs on
+    without it: a node that cannot listen where told must stop loudly instead."""
+    listening = {_kind_of(str(a)) for a in host.get_transport_addrs() if not is_relayed(a)}
+    missing = [str(a) for a in plan.multiaddrs() if _kind_of(str(a)) not in listening]
+    if missing:
+        raise OSError(f"cannot listen on {', '.join(missing)} (is the port taken?)")
 
 
 def is_relayed(addr: multiaddr.Multiaddr | str) -> bool:

@@ -59,7 +59,18 @@ def run_node(role: str, parse: Callable[[Sequence[str] | None], S], make_node: C
         print(f"{role}: identity: {exc}", file=sys.stderr)
         sys.exit(2)
     install_library_patches()
-    trio.run(serve_until_signal, make_node(settings, identity))
+    try:
+        trio.run(serve_until_signal, make_node(settings, identity))
+    except Exception as exc:  # a node that cannot start, or dies, ends the process loudly and non-zero
+        log.critical(f"{role} stopped: {_cause(exc)}", exc_info=True)
+        sys.exit(1)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The single error inside trio's nested exception groups, so the message names the real cause."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def serve_until_signal(node: Node) -> None:

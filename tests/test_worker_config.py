@@ -3,6 +3,7 @@ message naming what was wrong."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 
@@ -15,6 +16,9 @@ from worker.echo import MAX_FRAME, FrameError, encode_frame
 from shared.identity import IdentityError, load_identity
 from shared.settings import ConfigError
 from shared.rendezvous_client import _peer_entry
+from relay.settings import OPTIONS as RELAY_OPTIONS
+from rendezvous.settings import OPTIONS as RENDEZVOUS_OPTIONS
+from tests.servers import free_port
 from worker.settings import OPTIONS, WorkerSettings
 
 
@@ -55,17 +59,42 @@ def test_a_relay_with_every_port_off_is_refused():
         RelaySettings.parse([], {"TCP_PORT": "off", "WS_PORT": "off", "QUIC_PORT": "off"})
 
 
-def test_help_lists_every_option_with_its_variable():
-    text = subprocess.run([str(BIN / "worker"), "--help"], capture_output=True, text=True, check=True).stdout
-    for option in OPTIONS:
-        assert option.flag in text and option.env in text
-    relay_help = subprocess.run([str(BIN / "relay"), "--help"], capture_output=True, text=True, check=True).stdout
-    assert "RELAY_MAX_RESERVATIONS_PER_IP" in relay_help
+@pytest.mark.parametrize("role, options", [("worker", OPTIONS), ("relay", RELAY_OPTIONS),
+                                           ("rendezvous", RENDEZVOUS_OPTIONS)])
+def test_help_lists_every_option_with_its_variable_and_default(role, options):
+    text = "".join(subprocess.run([str(BIN / role), "--help"], capture_output=True, text=True,
+                                  check=True).stdout.split())  # argparse wraps lines anywhere, even at a '-'
+    for option in options:
+        shown = "unset" if option.default is None else repr(option.default)
+        assert option.flag in text and "".join(f"[env {option.env}; default {shown}]".split()) in text
 
 
-def test_a_configuration_error_stops_the_worker_with_the_reason():
-    result = subprocess.run([str(BIN / "worker")], capture_output=True, text=True, env={**os.environ, "TCP_PORT": "x"})
-    assert result.returncode != 0 and "TCP_PORT" in result.stderr
+@pytest.mark.parametrize("role", ["worker", "relay", "rendezvous"])
+def test_a_configuration_error_stops_the_role_naming_variable_and_flag(role):
+    result = subprocess.run([str(BIN / role)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PORT": "x", "HOME": "/nonexistent"})
+    assert result.returncode == 2
+    assert "PORT (--port): expected an integer (got 'x')" in result.stderr
+    assert "invalid literal" not in result.stderr
+
+
+def test_a_secret_is_never_echoed_in_a_configuration_error():
+    result = subprocess.run([str(BIN / "rendezvous")], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COOKIE_HMAC_KEY": "hush-" * 3})
+    assert result.returncode == 2 and "COOKIE_HMAC_KEY (--cookie-key)" in result.stderr
+    assert "hush" not in result.stderr
+
+
+def test_a_rendezvous_whose_libp2p_port_is_taken_stops_loudly_naming_the_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([str(BIN / "rendezvous")], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "HOST": "127.0.0.1", "PORT": str(free_port()),
+                                     "LIBP2P_TCP_PORT": str(port), "LIBP2P_HOST": "127.0.0.1"})
+    assert result.returncode != 0
+    assert "LIBP2P_TCP_PORT" in result.stdout and f"127.0.0.1:{port}" in result.stdout
 
 
 def test_a_generated_identity_is_persisted_privately_and_reloaded(tmp_path):
