@@ -7,6 +7,8 @@ import multiaddr
 import pytest
 import trio
 from libp2p.discovery.rendezvous.client import RendezvousClient as PyLibp2pRendezvousClient
+from libp2p.discovery.rendezvous.discovery import RendezvousDiscovery
+from libp2p.identity.identify import identify
 from libp2p.peer.envelope import seal_record
 from libp2p.peer.peer_record import PeerRecord
 from libp2p.peer.peerinfo import PeerInfo
@@ -41,6 +43,14 @@ class DoorReplica:
 
     def multiaddrs(self) -> list[str]:
         return [f"/ip4/127.0.0.1/tcp/{self.port}"]
+
+
+@pytest.fixture
+def spec_agent(monkeypatch):
+    """Our spec client's hosts run py-libp2p, whose identify says "py-libp2p/<version>", the agent of the
+    legacy client; a spec client that has not registered on its connection is recognised by its agent, as
+    go, rust and js clients are, so this one answers identify as a client of another library would."""
+    monkeypatch.setattr(identify, "AGENT_VERSION", "holepunch-spec-test-client/1.0")
 
 
 @pytest.fixture
@@ -250,3 +260,87 @@ def test_the_rendezvous_service_serves_the_protocol_on_its_own_store_when_given_
                 assert [p.peer_id for p in await http.discover("service-door")] == [str(identity.peer_id)]
                 await http.aclose()
         run(body)
+
+
+def test_py_libp2p_rendezvous_client_discovering_only_gets_its_own_form(replicas):
+    # py-libp2p's client never registers on this connection, so nothing it sent says which form it
+    # reads; identify's agent version does.
+    url, door = replicas
+    async def body(nursery):
+        workers = [RendezvousClient(url, new_identity()) for _ in range(3)]
+        for n, worker in enumerate(workers):
+            await worker.register("py-discover", [f"/ip4/192.0.2.{n + 1}/tcp/4001"], 300)
+        host, _identity = await client_host(nursery, door)
+        client = PyLibp2pRendezvousClient(host, door.identity.peer_id)
+        peers, cookie = await client.discover("py-discover", limit=2)
+        more, _ = await client.discover("py-discover", cookie=cookie)
+        found = {str(p.peer_id): [str(a) for a in p.addrs] for p in peers + more}
+        assert len(peers) == 2 and found == {
+            str(w.identity.peer_id): [f"/ip4/192.0.2.{n + 1}/tcp/4001"] for n, w in enumerate(workers)}
+        for worker in workers:
+            await worker.aclose()
+    run(body)
+
+
+def test_py_libp2p_rendezvous_discovery_find_peers_over_the_door(replicas):
+    url, door = replicas
+    async def body(nursery):
+        worker = RendezvousClient(url, new_identity())
+        await worker.register("py-find", ["/ip4/192.0.2.40/tcp/4001"], 300)
+        host, _identity = await client_host(nursery, door)
+        discovery = RendezvousDiscovery(host, door.identity.peer_id)
+        found = [peer async for peer in discovery.find_peers("py-find", limit=10)]
+        assert [(str(p.peer_id), [str(a) for a in p.addrs]) for p in found] == [
+            (str(worker.identity.peer_id), ["/ip4/192.0.2.40/tcp/4001"])]
+        await worker.aclose()
+    run(body)
+
+
+def test_a_spec_client_that_only_discovers_gets_signed_peer_records(replicas, spec_agent):
+    url, door = replicas
+    async def body(nursery):
+        worker = RendezvousClient(url, new_identity())
+        await worker.register("spec-discover", ["/ip4/192.0.2.41/tcp/4001"], 300)
+        host, _identity = await client_host(nursery, door)
+        status, registrations, _ = await (await open_spec(host, door)).discover("spec-discover")
+        assert status == OK and [record_peer(r[2][0]) for r in registrations] == [str(worker.identity.peer_id)]
+        await worker.aclose()
+    run(body)
+
+
+def test_a_spec_register_without_a_ttl_is_granted_and_told_the_default(replicas):
+    url, door = replicas
+    async def body(nursery):
+        host, identity = await client_host(nursery, door)
+        spec = await open_spec(host, door)
+        assert await spec.register("default-ttl", signed_record(identity, ["/ip4/198.51.100.6/tcp/4001"])) == (OK, 7200)
+        async with httpx.AsyncClient() as plain:
+            peers = (await plain.get(f"{url}/peers", params={"namespace": "default-ttl"})).json()["Peers"]
+        assert [p["ID"] for p in peers] == [str(identity.peer_id)] and 7190 <= peers[0]["TTL"] <= 7200
+    run(body)
+
+
+def test_discovery_of_every_namespace_pages_through_each_registration_exactly_once(replicas, spec_agent):
+    url, door = replicas
+    # namespaces of 5, 1, 4 and 3 peers: pages of 2 and 3 end inside a namespace, at its end, and across two
+    sizes = {"every-a": 5, "every-b": 1, "every-c": 4, "every-d": 3}
+    async def body(nursery):
+        registered = set()
+        for namespace, size in sizes.items():
+            for n in range(size):
+                worker = RendezvousClient(url, new_identity())
+                await worker.register(namespace, [f"/ip4/192.0.2.{len(registered) + 1}/tcp/4001"], 300)
+                registered.add((namespace, str(worker.identity.peer_id)))
+                await worker.aclose()
+        host, _identity = await client_host(nursery, door)
+        spec = await open_spec(host, door)
+        for limit in (2, 3):
+            seen, cookie = [], b""
+            for _ in range(20):
+                status, page, cookie = await spec.discover("", cookie, limit)
+                assert status == OK and len(page) <= limit
+                if not page:
+                    break
+                seen += [(r[1][0].decode(), record_peer(r[2][0])) for r in page]
+            assert sorted(seen) == sorted(registered), f"limit {limit}"
+    run(body)

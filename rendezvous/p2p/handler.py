@@ -12,7 +12,8 @@ import weakref
 from typing import Callable
 
 import trio
-from libp2p.abc import INetStream
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamEOF
 
 from rendezvous.p2p import wire
@@ -31,11 +32,52 @@ class DoorError(RuntimeError):
     """The libp2p door could not start; the message names the port."""
 
 
+class ConnectionForms:
+    """Which form of the protocol the peer on each connection reads: the spec's (a signed peer record in
+    each registration) or py-libp2p's legacy one (a PeerInfo). A registration shows it; a client that only
+    discovers shows nothing, so its agent version decides: py-libp2p's identify answers "py-libp2p/<version>"
+    and its only rendezvous client reads PeerInfo, where it would misread a signed peer record as one and
+    fail on made-up addresses. py-libp2p 0.8.1 keeps no agent version in its peerstore
+    (libp2p/identity/update.py stores keys, addresses and protocols only), so the door asks once per
+    connection."""
+
+    IDENTIFY_TIMEOUT = 5.0  # a peer that does not answer identify in time is read as a spec client
+
+    def __init__(self, host: IHost):
+        self.host = host
+        self._legacy: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # muxed connection -> bool
+
+    def registered(self, conn, request: wire.Register) -> None:
+        """What the peer registered in is the form it speaks, whatever its agent says."""
+        self._legacy[conn] = request.legacy_peer is not None
+
+    async def legacy(self, conn) -> bool:
+        known = self._legacy.get(conn)
+        if known is None:
+            known = wire.is_legacy_agent(await self._agent_version(conn.peer_id))
+            known = self._legacy.setdefault(conn, known)  # a registration that came meanwhile wins
+        return known
+
+    async def _agent_version(self, peer_id) -> str:
+        stream = None
+        try:
+            with trio.move_on_after(self.IDENTIFY_TIMEOUT):
+                stream = await self.host.new_stream(peer_id, [TProtocol(wire.IDENTIFY_PROTOCOL_ID)])
+                return wire.identify_agent_version(
+                    await FrameReader(stream, wire.MAX_IDENTIFY_BYTES).read_frame())
+        except Exception as exc:  # no identify, or a malformed one: nothing says it is legacy
+            log.debug("rendezvous: no agent version", extra={"peer": str(peer_id), "error": repr(exc)})
+        finally:
+            if stream is not None:
+                await close_quietly(stream)
+        return ""
+
+
 class DoorHandler:
-    def __init__(self, door: Door, portal: AsyncioPortal):
+    def __init__(self, door: Door, portal: AsyncioPortal, host: IHost):
         self.door = door
         self.portal = portal
-        self._legacy_connections: weakref.WeakSet = weakref.WeakSet()
+        self.forms = ConnectionForms(host)
 
     async def __call__(self, stream: INetStream) -> None:
         conn = stream.muxed_conn
@@ -52,9 +94,10 @@ class DoorHandler:
                         return
                     await stream.write(encode_frame(reply))
                     continue
-                if isinstance(request, wire.Register) and request.legacy_peer is not None:
-                    self._legacy_connections.add(conn)
-                caller = Caller(peer, remote_ip(stream), conn in self._legacy_connections)
+                if isinstance(request, wire.Register):
+                    self.forms.registered(conn, request)
+                legacy = isinstance(request, wire.Discover) and await self.forms.legacy(conn)
+                caller = Caller(peer, remote_ip(stream), legacy)
                 reply = await self.portal.run(self.door.handle, caller, request)
                 if reply is not None:
                     await stream.write(encode_frame(reply))
@@ -88,8 +131,8 @@ async def start_door(settings: Settings, registry: Registry,
     except (IdentityError, OSError) as exc:
         raise DoorError(f"LIBP2P_IDENTITY_KEY / LIBP2P_IDENTITY_FILE: {exc}") from None
     install_library_patches()
-    handler = DoorHandler(Door(registry), AsyncioPortal(asyncio.get_running_loop()))
-    thread = TrioThread(_serve_host, settings, identity, handler, on_failure=on_failure, name="libp2p-door")
+    door, portal = Door(registry), AsyncioPortal(asyncio.get_running_loop())
+    thread = TrioThread(_serve_host, settings, identity, door, portal, on_failure=on_failure, name="libp2p-door")
     try:
         await thread.start()
     except Exception as exc:
@@ -98,12 +141,12 @@ async def start_door(settings: Settings, registry: Registry,
     return thread
 
 
-async def _serve_host(settings: Settings, identity, handler: DoorHandler, *,
+async def _serve_host(settings: Settings, identity, door: Door, portal: AsyncioPortal, *,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
     plan = ListenPlan(settings.libp2p_host, settings.libp2p_tcp_port, None, None)
     host = build_host(identity, plan)
     async with running(host, plan):
-        host.set_stream_handler(wire.PROTOCOL_ID, handler)
+        host.set_stream_handler(wire.PROTOCOL_ID, DoorHandler(door, portal, host))
         log.info("rendezvous protocol listening", extra={"protocol": wire.PROTOCOL_ID,
                                                          "multiaddrs": [str(a) for a in host.get_addrs()]})
         task_status.started()

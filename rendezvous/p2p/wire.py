@@ -18,6 +18,9 @@ import enum
 from shared.protobuf import bytes_field, parse_message, varint_field
 
 PROTOCOL_ID = "/rendezvous/1.0.0"
+IDENTIFY_PROTOCOL_ID = "/ipfs/id/1.0.0"
+MAX_IDENTIFY_BYTES = 64 * 1024  # identify carries listen addresses and a signed peer record: a few KiB
+LEGACY_AGENT_PREFIX = "py-libp2p/"  # py-libp2p's identify agent (libp2p/utils/version.py: "py-libp2p/<version>")
 MAX_FRAME_BYTES = 16 * 1024  # a register with a signed peer record of 16 addresses is under 2 KiB
 
 
@@ -162,3 +165,18 @@ def error_reply(error: WireError) -> bytes | None:
     if error.reply_type == MessageType.DISCOVER_RESPONSE:
         return discover_response(error.status, text=error.text)
     return None
+
+
+def identify_agent_version(message: bytes) -> str:
+    """The agent version (field 6) of an identify message (libp2p/specs identify/README.md), "" when absent
+    or malformed: the door only reads it to pick a discover answer's form, never to trust the peer."""
+    try:
+        value = _one(parse_message(message), 6, bytes, b"")
+        return value.decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def is_legacy_agent(agent_version: str) -> bool:
+    """py-libp2p's only rendezvous client (0.8.1) speaks the legacy form; go, rust and js speak the spec's."""
+    return agent_version.startswith(LEGACY_AGENT_PREFIX)
