@@ -52,7 +52,7 @@ def rendezvous_process(extra_env: dict[str, str] | None = None, port: int | None
 def worker_settings(rendezvous_url: str, relay: list[str] = (), **env: str) -> WorkerSettings:
     base = {"RENDEZVOUS_SERVICE_URL": rendezvous_url, "LISTEN_HOST": "127.0.0.1", "TCP_PORT": "0", "WS_PORT": "0",
             "HTTP_HOST": "127.0.0.1", "PORT": "0", "DISCOVER_INTERVAL": "0.5", "LIBP2P_RELAY_BOOTSTRAP": ",".join(relay),
-            "NAMESPACE": "loopback"}
+            "NAMESPACE": "loopback", "DIAL_SCOPE": "all", "RELAY_PEER_IDS": "*"}
     return WorkerSettings.parse([], {**base, **env})
 
 

@@ -6,6 +6,7 @@ SIGTERM, which Cloud Run sends before stopping a container).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -28,6 +29,7 @@ from shared.registrar import Registrar
 from shared.rendezvous_client import PeerEntry, RendezvousClient, RendezvousError
 from worker import chat, echo, events, metrics
 from worker.connector import Connector, Timeouts
+from worker.dialable import DialPolicy
 from worker.events import PeerPath
 from worker.holepunch import HolePuncher, connection_kinds
 from worker.settings import WorkerSettings
@@ -49,6 +51,7 @@ class Worker:
                                                   RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
         self.puncher = HolePuncher(self.host, dial_timeout=3) if settings.holepunch else None
         self.tracer = events.Tracer()
+        self.dial_policy = DialPolicy(settings.dial_scope, settings.public_networks)
         self.watch = ConnectionWatch(self.host)
         self.connector = Connector(self.host, self.relay_transport, self.puncher,
                                    Timeouts(settings.direct_dial_timeout, settings.relay_dial_timeout,
@@ -124,11 +127,19 @@ class Worker:
             await trio.sleep(self.settings.discover_interval)
 
     async def _relay_candidates(self) -> list[str]:
+        """The bootstrap relays (the operator's), then those registered in RELAY_NAMESPACE whose peer IDs are
+        trusted (RELAY_PEER_IDS): anyone can register there, so a registration alone proves nothing."""
         candidates = list(self.settings.relay)
+        trusted = self.settings.relay_peer_ids
+        if trusted == ():
+            return candidates
         try:
             for entry in await self.rendezvous.discover(self.settings.relay_namespace):
+                if trusted is not None and entry.peer_id not in trusted:
+                    continue
                 candidates.extend(f"{a}/p2p/{entry.peer_id}" for a in entry.addrs
-                                  if not is_relayed(a) and "/p2p/" not in a and "/ws" not in a)
+                                  if not is_relayed(a) and "/p2p/" not in a and "/ws" not in a
+                                  and self.dial_policy.allows(a))
         except RendezvousError as exc:
             log.debug("could not list relays at the rendezvous", extra={"error": str(exc)})
         return list(dict.fromkeys(candidates))
@@ -176,7 +187,7 @@ class Worker:
                     await trio.sleep(delay)
                     continue
                 backoff.reset()
-                others = [e for e in entries if e.peer_id != self.peer_id]
+                others = self._dialable([e for e in entries if e.peer_id != self.peer_id])
                 metrics.DISCOVERED_PEERS.set(len(others))
                 self._forget_departed({e.peer_id for e in others})
                 for entry in self._choose(others):
@@ -184,6 +195,19 @@ class Worker:
                         self._busy.add(entry.peer_id)
                         peer_tasks.start_soon(self._tend_peer, entry, peer_tasks)
                 await trio.sleep(self.settings.discover_interval)
+
+    def _dialable(self, entries: list[PeerEntry]) -> list[PeerEntry]:
+        """Each entry with only the addresses we may dial (worker/dialable.py); a peer with none left is
+        still listed, so a connection it opens to us is adopted and kept."""
+        own = self.dial_policy.public_ips(self.current_addrs())
+        out = []
+        for entry in entries:
+            allowed = tuple(self.dial_policy.filter_peer(entry.addrs, own))
+            if len(allowed) < len(entry.addrs):
+                log.debug("not dialing some registered addresses",
+                          extra={"peer": entry.peer_id, "refused": sorted(set(entry.addrs) - set(allowed))})
+            out.append(dataclasses.replace(entry, addrs=allowed))
+        return out
 
     def _forget_departed(self, listed: set[str]) -> None:
         """Drop the records of peers that left the namespace and to which we hold no connection."""
@@ -207,8 +231,9 @@ class Worker:
             if record.connected:
                 await self._check_alive(entry, record)
             elif time.monotonic() >= record.retry_at:
+                # outside the slot: a peer whose ID sorts lower (any ID can be chosen) must not hold one
+                await self._yield_to_lower_id(entry)
                 async with self._connect_slots:
-                    await self._yield_to_lower_id(entry)
                     await self.connector.connect(entry)
                 if record.connected and self.settings.chat_greeting and entry.peer_id not in self._chatting:
                     self._chatting.add(entry.peer_id)

@@ -6,6 +6,7 @@ import ipaddress
 from typing import Sequence
 
 from shared.host import ListenPlan
+from worker.dialable import DialScope, parse_scope
 from shared.settings import (OBSERVABILITY_OPTIONS, Observability, Option, boolean, comma_list, http_url, multiaddrs, namespace,
                              observability, parse_options, port_or_off, positive_float, positive_int)
 
@@ -24,6 +25,16 @@ def networks(text: str) -> tuple[ipaddress.IPv4Network, ...]:
         return tuple(ipaddress.IPv4Network(part) for part in comma_list(text))
     except ValueError as exc:
         raise ValueError(f"not a list of IPv4 networks ({exc})") from None
+
+
+def peer_ids(text: str) -> tuple[str, ...] | None:
+    if text.strip() == "*":
+        return None
+    ids = comma_list(text)
+    for peer_id in ids:
+        if not peer_id.startswith(("12D3KooW", "Qm")) or not peer_id.isalnum():
+            raise ValueError(f"{peer_id[:60]!r} is not a peer ID")
+    return ids
 
 
 OPTIONS = [
@@ -46,6 +57,12 @@ OPTIONS = [
     Option("--public-networks", "PUBLIC_NETWORKS", networks, "",
            "comma-separated IPv4 networks to treat as public when a relay observes us there, besides the "
            "global ones (the NAT lab uses the documentation ranges)"),
+    Option("--dial-scope", "DIAL_SCOPE", parse_scope, "public",
+           "which addresses from the rendezvous may be dialed: public (and private ones of a peer behind our own "
+           "public address), private (any but loopback), or all (loopback too: a stack on one machine)"),
+    Option("--relay-peer-ids", "RELAY_PEER_IDS", peer_ids, "",
+           "comma-separated peer IDs of the relays trusted when found in RELAY_NAMESPACE ('*': any; empty: none, "
+           "only LIBP2P_RELAY_BOOTSTRAP is used)"),
     Option("--http-host", "HTTP_HOST", str, "0.0.0.0", "address of the /status, /metrics and /healthz endpoints"),
     Option("--port", "PORT", port_or_off, "8081", "port of the /status, /metrics and /healthz endpoints"),
     Option("--ttl", "REGISTRATION_TTL", positive_int, "120", "registration TTL in seconds; refreshed at half of it"),
@@ -75,6 +92,8 @@ class WorkerSettings:
     listen: ListenPlan
     announce: tuple[str, ...]
     public_networks: tuple[ipaddress.IPv4Network, ...]
+    dial_scope: DialScope
+    relay_peer_ids: tuple[str, ...] | None  # None: any
     http_host: str
     port: int | None
     ttl: int

@@ -1,0 +1,88 @@
+"""Workers dial only what makes sense: a registration is anyone's to write, so its addresses must not turn a
+worker into a port scanner of its own machine or network."""
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import httpx
+import nacl.signing
+import pytest
+import trio
+
+from shared.registration import sign_registration
+from tests.p2p import rendezvous_process, run, start_worker, until, worker_settings
+from worker.dialable import DialPolicy, DialScope
+
+LAB = (ipaddress.ip_network("198.51.100.0/24"),)
+
+
+@pytest.mark.parametrize("addr", [
+    "/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/4001", "/ip6/::ffff:127.0.0.1/tcp/4001",
+    "/ip4/169.254.169.254/tcp/80", "/ip6/fe80::1/tcp/4001", "/ip6/fd00:ec2::254/tcp/80", "/ip4/0.0.0.0/tcp/4001",
+    "/dns4/localhost/tcp/4001", "/dns/metadata.google.internal/tcp/80", "/dns4/redis.c.project.internal/tcp/6379",
+    "/dns6/ip6-localhost.localhost/tcp/1", "/ip4/10.0.0.1/tcp/6379", "/ip4/192.168.1.1/tcp/80", "/ip4/100.64.0.1/tcp/1",
+    "/ip6/fd12::1/tcp/1", "/ip4/127.0.0.1/tcp/4002/p2p/12D3KooWRelay/p2p-circuit", "/unix/tmp/sock", "garbage",
+])
+def test_by_default_nothing_local_private_or_metadata_is_dialed(addr):
+    assert not DialPolicy(DialScope.PUBLIC).allows(addr)
+
+
+@pytest.mark.parametrize("addr", [
+    "/ip4/203.0.114.7/tcp/4001", "/ip6/2001:4860::1/udp/4001/quic-v1", "/dns4/relay.example.com/tcp/443/wss",
+    "/ip4/8.8.8.8/tcp/4001/p2p/12D3KooWRelay/p2p-circuit",
+])
+def test_public_addresses_are_dialed(addr):
+    assert DialPolicy(DialScope.PUBLIC).allows(addr)
+
+
+def test_scopes_widen_step_by_step_but_link_local_and_metadata_never():
+    private, loopback, metadata = "/ip4/10.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/1", "/ip4/169.254.169.254/tcp/80"
+    assert [DialPolicy(s).allows(private) for s in DialScope] == [False, True, True]
+    assert [DialPolicy(s).allows(loopback) for s in DialScope] == [False, False, True]
+    assert [DialPolicy(s).allows(metadata) for s in DialScope] == [False, False, False]
+    assert [DialPolicy(s).allows("/dns/metadata.google.internal/tcp/80") for s in DialScope] == [False] * 3
+
+
+def test_private_addresses_of_a_peer_behind_our_own_public_address_are_dialed():
+    policy = DialPolicy(DialScope.PUBLIC, LAB)
+    peer = ["/ip4/198.51.100.2/tcp/4001", "/ip4/10.1.0.5/tcp/4001", "/ip4/127.0.0.1/tcp/4001"]
+    ours = policy.public_ips(["/ip4/198.51.100.2/tcp/5000", "/ip4/10.1.0.9/tcp/4001"])
+    assert policy.filter_peer(peer, ours) == ["/ip4/198.51.100.2/tcp/4001", "/ip4/10.1.0.5/tcp/4001"]
+    elsewhere = policy.public_ips(["/ip4/198.51.100.3/tcp/5000"])
+    assert policy.filter_peer(peer, elsewhere) == ["/ip4/198.51.100.2/tcp/4001"]
+    # a circuit address does not make a site: it is the relay's address, shared by everyone
+    assert policy.public_ips(["/ip4/198.51.100.2/tcp/4001/p2p/12D3KooWRelay/p2p-circuit"]) == set()
+
+
+def _fake_peer_body(addrs: list[str]) -> bytes:
+    return sign_registration(nacl.signing.SigningKey(os.urandom(32)), "loopback", addrs, 60)
+
+
+@pytest.mark.parametrize("scope, dialed", [("public", False), ("all", True)])
+def test_a_worker_never_dials_a_loopback_listener_a_stranger_registered(scope, dialed):
+    """A fake peer names a local listener; with the default scope the worker never knocks, and with scope
+    `all` (the same test, so the listener can tell) it does."""
+    with rendezvous_process() as url:
+        async def body(nursery):
+            knocks = []
+            listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+            port = listener.socket.getsockname()[1]
+
+            async def count(stream):
+                knocks.append(1)
+                await stream.aclose()
+            nursery.start_soon(trio.serve_listeners, count, [listener])
+            async with httpx.AsyncClient() as http:
+                answer = await http.post(f"{url}/peers", content=_fake_peer_body(
+                    [f"/ip4/127.0.0.1/tcp/{port}", "/ip4/169.254.169.254/tcp/80"]))
+                assert answer.status_code == 201
+            worker = await start_worker(nursery, worker_settings(url, DIAL_SCOPE=scope, DISCOVER_INTERVAL="0.2"))
+            if dialed:
+                await until(lambda: knocks, what="the worker's dial")
+            else:
+                await until(lambda: any(r.attempts for r in worker.peers.values()), what="a connection attempt")
+                await trio.sleep(1.0)  # several discovery rounds and attempts: still no knock
+                assert knocks == []
+                assert all(r.path == "failed" for r in worker.peers.values())
+        run(body)
