@@ -1,4 +1,5 @@
-"""The worker's side of the rendezvous HTTP API: signed register and unregister, and paged discovery.
+"""The worker's side of the rendezvous HTTP API: signed register and unregister, paged discovery, and the
+lookup of one peer's registration.
 
 Runs under trio (httpx over anyio). Every failure becomes a RendezvousError carrying what the caller needs
 to back off: whether to retry at all, and the server's Retry-After when it sent one.
@@ -72,6 +73,21 @@ class RendezvousClient:
         except RendezvousError as exc:
             if exc.status != 404:  # 404: nothing live to remove, which is what we wanted
                 raise
+
+    async def lookup(self, namespace: str, peer_id: str | None = None) -> PeerEntry | None:
+        """The live registration of `peer_id` (default: ours) in `namespace`, or None when it has none (404)."""
+        peer_id = peer_id or str(self.identity.peer_id)
+        try:
+            response = await self._send("GET", f"/peers/{peer_id}", params={"namespace": namespace})
+        except RendezvousError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        entry = _peer_entry(_json(response))
+        if entry is None:
+            raise RendezvousError("the rendezvous answered a lookup with a malformed peer entry",
+                                  status=response.status_code)
+        return entry
 
     async def discover(self, namespace: str) -> list[PeerEntry]:
         """Every live registration in `namespace`, all pages."""
