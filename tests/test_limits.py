@@ -10,6 +10,7 @@ from shared.envelope import seal
 from shared.protobuf import bytes_field, varint_field
 from rendezvous.connection import RespConnection
 from rendezvous.keys import KeySchema
+from rendezvous import record
 from rendezvous.record import Registration
 from shared.registration import DOMAIN, UNREGISTER_PAYLOAD_TYPE, sign_registration
 from rendezvous.settings import Limits
@@ -169,3 +170,50 @@ async def test_expired_registration_is_never_returned(redis_server, raw_redis, k
     # and Redis drops the namespace's keys by itself once the last registration has expired
     await asyncio.sleep(0.05)
     assert await raw_redis.exists(*KeySchema(key_prefix).namespace("brief").all()) == 0
+
+
+@pytest.mark.parametrize("skew_s, accepted", [(-59, True), (59, True), (-61, False), (61, False)])
+async def test_the_signed_timestamp_window_is_sixty_seconds_either_way(redis_server, raw_redis, key_prefix, skew_s,
+                                                                      accepted):
+    # the default window (Limits.timestamp_window), crossed one second on either side, past and future
+    key = new_key()
+    async with serve(make_settings(redis_server.url, key_prefix)) as http:
+        body = signed_payload(key, registration_payload(key, ts=int(time.time() * 1000) + skew_s * 1000))
+        response = await http.post("/peers", data=body)
+        answer = await response.json()
+    if accepted:
+        assert response.status == 201, answer
+    else:
+        assert response.status == 400 and answer["error"] == "stale_timestamp", answer
+        assert await snapshot(raw_redis, key_prefix, bookkeeping=False) == {}
+
+
+async def test_a_registration_leaves_discovery_and_lookup_at_its_own_expiry(redis_server, raw_redis, key_prefix):
+    """A short registration beside a long one in the same namespace: the namespace's keys live on, so only
+    the scripts' own expiry check can hide the short one once Redis's clock passes its expiry."""
+    store = Store(RespConnection(redis_server.url), KeySchema(key_prefix), Limits(ttl_min=1, rate_limit_ip_per_minute=10**6))
+    short_key, long_key = new_key(), new_key()
+    short = Registration(peer_id(short_key), bytes(short_key.verify_key), "mixed", (), 1, "nonce-nonce-nonce-1", None)
+    long = Registration(peer_id(long_key), bytes(long_key.verify_key), "mixed", (), 60, "nonce-nonce-nonce-2", None)
+    await store.register(long, "127.0.0.1")
+    expiry, _ = await store.register(short, "127.0.0.1")
+    margin_ms = 50  # the reads' own time; a script that kept the record a second longer is far outside it
+    seen_before, seen_after = 0, []
+    while True:
+        seconds, micros = await raw_redis.time()
+        started_ms = seconds * 1000 + micros // 1000
+        page = await store.discover("mixed", "0", 10, "127.0.0.1")
+        _, looked_up = await store.lookup("mixed", short.peer_id, "127.0.0.1")
+        listed = {record.peer_fields(r)["ID"] for r in page.records}
+        assert long.peer_id in listed  # the long one keeps the namespace alive throughout
+        if started_ms >= expiry:
+            if short.peer_id in listed:
+                seen_after.append(("discover", started_ms - expiry))
+            if looked_up is not None:
+                seen_after.append(("lookup", started_ms - expiry))
+        elif short.peer_id in listed and looked_up is not None:
+            seen_before += 1
+        if started_ms > expiry + margin_ms:
+            break
+        await asyncio.sleep(0.005)
+    assert seen_before > 0 and not seen_after, seen_after

@@ -53,3 +53,14 @@ def test_cli_exits_with_the_variable_named():
     result = subprocess.run([sys.executable, "-m", "rendezvous.cli"], env=env, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 2 and "PORT" in result.stderr
+
+
+@pytest.mark.parametrize("variable, field, shortest, kept", [("COOKIE_HMAC_KEY", "cookie_key", 32, str.encode),
+                                                             ("ADMIN_TOKEN", "admin_token", 16, str)])
+def test_a_secret_one_character_short_of_its_minimum_is_refused_and_the_minimum_accepted(variable, field, shortest,
+                                                                                         kept):
+    with pytest.raises(ConfigError) as err:
+        Settings.parse([], {**GOOD, variable: "s" * (shortest - 1)})
+    assert str(err.value).startswith(f"{variable} (--")
+    settings = Settings.parse([], {**GOOD, variable: "s" * shortest})
+    assert getattr(settings, field) == kept("s" * shortest)
