@@ -17,6 +17,17 @@ resource "google_compute_security_policy" "edge" {
   }
 
   rule {
+    priority    = 200
+    action      = "deny(404)"
+    description = "Prometheus metrics are for the Managed Prometheus sidecar on localhost, not the internet"
+    match {
+      expr {
+        expression = "request.path.lower().startsWith('/metrics')"
+      }
+    }
+  }
+
+  rule {
     priority    = 1000
     action      = "deny(403)"
     description = "WAF: SQL injection"

@@ -91,6 +91,9 @@ def cloud_armor(tree: Tree) -> list[str]:
             problems.append(f"Cloud Armor lacks the preconfigured {waf} WAF rule")
     if not any(isinstance(r, dict) and r.get("action") == "rate_based_ban" for r in rules):
         problems.append("Cloud Armor has no rate-based ban")
+    if not any(isinstance(r, dict) and str(r.get("action", "")).startswith("deny")
+               and "request.path.lower().startsWith('/metrics')" in str(r.get("match")) for r in rules):
+        problems.append("Cloud Armor lets the internet read /metrics")
     return problems
 
 
