@@ -77,3 +77,18 @@ def load_identity(secret: str | None, path: str | None) -> Identity:
     with os.fdopen(fd, "w") as out:
         out.write(identity.encoded() + "\n")
     return identity
+
+
+def main() -> None:
+    """`python -m shared.identity`: the peer ID of the base64 seed on stdin (Terraform's relay_identity_seed
+    output), so an operator can pin the relay by identity (var.relay_peer_id)."""
+    import sys
+
+    try:
+        print(Identity.from_seed(decode_seed(sys.stdin.read(), "stdin")).peer_id)
+    except IdentityError as exc:
+        sys.exit(f"identity: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ output "load_balancer_ip" {
 }
 
 output "relay_multiaddr" {
-  description = "The relay's TCP address; its peer ID (/p2p/...) is in the relay's log and in GET /peers?namespace=relays."
+  description = "The relay's TCP address; its peer ID is var.relay_peer_id (see the output relay_identity_seed)."
   value       = "/ip4/${google_compute_address.relay.address}/tcp/4001"
 }
 
@@ -21,4 +21,10 @@ output "relay_wss" {
 output "artifact_registry" {
   description = "Where Cloud Build pushes the image."
   value       = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+}
+
+output "relay_identity_seed" {
+  description = "The relay's identity seed (a secret), to derive its peer ID for var.relay_peer_id: pipe it to `python -m shared.identity` in the image."
+  value       = random_id.relay_seed.b64_std
+  sensitive   = true
 }

@@ -4,6 +4,9 @@ resource "google_compute_address" "relay" {
 }
 
 locals {
+  # what workers and the demo page dial, pinned to the relay's identity (empty until var.relay_peer_id is set)
+  relay_bootstrap = var.relay_peer_id == "" ? "" : "/ip4/${google_compute_address.relay.address}/tcp/4001/p2p/${var.relay_peer_id}"
+  relay_wss       = var.relay_peer_id == "" ? "" : "/dns4/${var.relay_domain}/tcp/443/wss/p2p/${var.relay_peer_id}"
   relay_env = {
     IDENTITY_KEY_SECRET = "${google_secret_manager_secret.secret["relay_identity"].id}/versions/latest"
     # the wss:// address is the load balancer's (lb.tf); browsers learn it from the relay's registration

@@ -59,6 +59,11 @@ resource "google_cloud_run_v2_service" "rendezvous" {
         name  = "TRUSTED_PROXY_HOPS"
         value = "2"
       }
+      env {
+        # the page dials only the relay Terraform made, never one somebody registered
+        name  = "DEMO_RELAY_ADDRS"
+        value = local.relay_wss
+      }
       volume_mounts {
         name       = "redis-ca"
         mount_path = "/secrets/redis-ca"
@@ -112,6 +117,15 @@ resource "google_cloud_run_v2_service" "worker" {
         # peer behind a NAT that reaches others through the relay it finds at the rendezvous.
         name  = "QUIC_PORT"
         value = "off"
+      }
+      env {
+        # Anyone can register in the relays namespace: the worker trusts the relay by its identity only.
+        name  = "RELAY_PEER_IDS"
+        value = var.relay_peer_id
+      }
+      env {
+        name  = "LIBP2P_RELAY_BOOTSTRAP"
+        value = local.relay_bootstrap
       }
       resources {
         cpu_idle = false # the worker keeps its connections and registration alive between requests

@@ -35,6 +35,16 @@ variable "relay_domain" {
   }
 }
 
+variable "relay_peer_id" {
+  description = "The relay's libp2p peer ID (12D3KooW...), which workers and the demo page trust it by. Terraform makes the relay's identity but cannot derive an Ed25519 peer ID: after the first apply, read it with `terraform output -raw relay_identity_seed | podman run -i --rm IMAGE python -m shared.identity` and apply again. Empty: workers and the page trust no relay."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.relay_peer_id == "" || can(regex("^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$", var.relay_peer_id))
+    error_message = "relay_peer_id must be an Ed25519 peer ID (12D3KooW followed by 44 base58 characters), or empty."
+  }
+}
+
 variable "image_tag" {
   description = "Tag of the holepunch-services image in Artifact Registry (Cloud Build deploys $SHORT_SHA; the first apply needs an image pushed by hand or a first build)."
   type        = string

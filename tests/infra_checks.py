@@ -129,6 +129,20 @@ def cloud_run_reaches_redis(tree: Tree) -> list[str]:
     return problems
 
 
+def relays_trusted_by_identity(tree: Tree) -> list[str]:
+    """Workers and the demo page take the relay Terraform made, pinned by its peer ID, not any registered."""
+    problems = []
+    wanted = {"worker": ("RELAY_PEER_IDS", "LIBP2P_RELAY_BOOTSTRAP"), "rendezvous": ("DEMO_RELAY_ADDRS",)}
+    for service, names in wanted.items():
+        template = _first(tree.get("google_cloud_run_v2_service", service).get("template"))
+        env = {_first(e).get("name"): _first(e).get("value")
+               for e in _first((template or {}).get("containers", [{}])).get("env", [])}
+        for name in names:
+            if name not in env or "relay" not in str(env[name]):
+                problems.append(f"the {service} does not get {name} from the relay's identity")
+    return problems
+
+
 def firewalls(tree: Tree) -> list[str]:
     problems, open_ports = [], set()
     for name, rule in tree.of_kind("google_compute_firewall").items():
@@ -151,4 +165,4 @@ def firewalls(tree: Tree) -> list[str]:
 def all_problems(directory: pathlib.Path) -> list[str]:
     tree = Tree(directory)
     return (broken_references(tree) + load_balancer_chain(tree) + cloud_armor(tree) + redis_is_safe(tree)
-            + cloud_run_reaches_redis(tree) + firewalls(tree))
+            + cloud_run_reaches_redis(tree) + relays_trusted_by_identity(tree) + firewalls(tree))

@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -150,3 +151,10 @@ def test_variables_are_filled_from_secret_manager_references_and_bad_ones_refuse
     assert env["IDENTITY_KEY"] == "value of projects/p/secrets/relay-identity/versions/latest"
     with pytest.raises(SecretError, match="IDENTITY_KEY_SECRET"):
         fill_from_secrets({"IDENTITY_KEY_SECRET": "relay-identity"}, fetch=lambda ref: "")
+
+
+def test_python_m_shared_identity_prints_the_peer_id_of_a_seed_for_terraform():
+    identity = load_identity(None, None)
+    result = subprocess.run([sys.executable, "-m", "shared.identity"], input=identity.encoded() + "\n",
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == str(identity.peer_id)
