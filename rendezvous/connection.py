@@ -6,7 +6,8 @@
   command packing: see the README's figures), and this is the service's hot path.
 - `RedisPyBackend` wraps a redis-py client: a Redis Cluster (slot routing) or the embedded fakeredis store.
 
-Both raise redis-py's exception types, so the store handles every fault one way.
+Both raise redis-py's exception types, so the store handles every fault one way. A fault's warning is
+logged through `RepeatedWarnings`, so an outage writes a line a second, not one per refused request.
 """
 from __future__ import annotations
 
@@ -14,15 +15,42 @@ import asyncio
 import collections
 import logging
 import ssl
+import time
 from typing import Any, Sequence
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
-from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+# aliased: asyncio.timeout raises the built-in TimeoutError, and redis-py's names would shadow the built-ins
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
 Command = Sequence[Any]  # ("EVALSHA", sha, 3, key, ...): str, bytes and int arguments
+
+
+class RepeatedWarnings:
+    """Warnings that repeat with every request while Redis is away (thousands a second), logged at most once
+    per `interval` seconds per kind, each line saying how many were held back since the last one. The
+    metrics still count every failure."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0):
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            self._held[kind] += 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            message, args = message + " (%d more like it held back)", (*args, held)
+        self.logger.warning(message, *args, stacklevel=2)  # the line names the caller, not this helper
 
 
 def _encode(arg: Any) -> bytes:
@@ -74,8 +102,17 @@ class _Protocol(asyncio.Protocol):
                     future.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_waiting(f"connection to Redis lost ({exc or 'closed'})")
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now: no later byte on it may be read as a reply, and nothing buffered for a
+        stalled Redis is kept (close() would wait for it to be flushed)."""
+        self._fail_waiting(reason)
+        self.transport.abort()
+
+    def _fail_waiting(self, reason: str) -> None:
         self.lost = True
-        error = ConnectionError(f"connection to Redis lost ({exc or 'closed'})")
+        error = RedisConnectionError(reason)
         while self.waiting:
             future = self.waiting.popleft()[0]
             if not future.done():
@@ -92,7 +129,9 @@ class RespConnection:
     """A single-node Redis client that reconnects by itself after a fault."""
 
     RECONNECT_BACKOFF_MIN = 0.05
-    RECONNECT_BACKOFF_MAX = 5.0
+    # The service promises to answer again within 0.5 s of Redis's return, so the backoff stays below that;
+    # a connection attempt a refused or silent address answers costs next to nothing, even for hours.
+    RECONNECT_BACKOFF_MAX = 0.4
 
     def __init__(self, url: str, timeout: float = 2.0):
         self.options = parse_url(url)
@@ -103,38 +142,63 @@ class RespConnection:
         # waiting on a dead address in turn
         self._backoff = 0.0
         self._next_attempt = 0.0
+        self._attempts = 0  # connection attempts made, so a request knows one ended while it waited
+        self._failure: str | None = None  # why the last attempt failed; None once connected
+        self._warnings = RepeatedWarnings(log)
 
     async def execute(self, commands: Sequence[Command]) -> list:
+        """Send `commands` in one round trip; -> their replies, a Redis error reply as an exception value.
+
+        Raises RedisConnectionError when Redis cannot be reached, RedisTimeoutError when it does not answer
+        within `timeout` (a stalled or paused Redis). After a timeout the connection is dropped, since Redis
+        answers in order and a late reply would be taken for a later request's. The commands may still have
+        been applied, though: they can sit in Redis's socket buffer and run when it resumes. So an error
+        after a timeout means "unknown", not "not done". That is safe for this service: a client retries
+        with a newly signed request (a new nonce, so no replay refusal), and a registration supersedes the
+        peer's previous one in its namespace.
+        """
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
         try:
             async with asyncio.timeout(self.timeout):
                 return await protocol.send(commands)
-        except TimeoutError:
-            # the connection's replies can no longer be matched to requests: drop it
-            protocol.transport.close()
-            raise TimeoutError(f"Redis did not answer within {self.timeout} s") from None
+        except TimeoutError:  # the built-in one
+            protocol.abort(f"Redis did not answer within {self.timeout} s; connection dropped")
+            raise RedisTimeoutError(f"Redis did not answer within {self.timeout} s") from None
 
     async def _connect(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._next_attempt:
-            raise ConnectionError(f"Redis unreachable; next connection attempt in {self._next_attempt - loop.time():.2f} s")
+        attempts_seen = self._attempts
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol
+            loop = asyncio.get_running_loop()
+            # Requests queued behind a failed attempt share its outcome: trying again once per waiting request
+            # would double the backoff hundreds of times in a few milliseconds.
+            if self._attempts != attempts_seen and self._failure is not None:
+                raise RedisConnectionError(f"cannot connect to Redis: {self._failure}")
+            if loop.time() < self._next_attempt:
+                raise RedisConnectionError(f"cannot connect to Redis: {self._failure}; next attempt in "
+                                           f"{self._next_attempt - loop.time():.2f} s")
+            self._attempts += 1
+            protocol = None
             try:
                 async with asyncio.timeout(self.timeout):
                     protocol = await self._open()
                     await self._handshake(protocol)
-            except (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError, RedisConnectionError) as exc:
+                if protocol is not None:
+                    protocol.abort("connection set-up failed")
+                self._failure = str(exc) or type(exc).__name__
                 self._backoff = min(max(self._backoff * 2, self.RECONNECT_BACKOFF_MIN), self.RECONNECT_BACKOFF_MAX)
                 self._next_attempt = loop.time() + self._backoff
-                log.warning("redis: cannot connect (%s); retrying in %.2f s", exc or type(exc).__name__, self._backoff)
-                raise ConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from None
+                self._warnings.warning("connect", "redis: cannot connect (%s); retrying in %.2f s", self._failure,
+                                       self._backoff)
+                raise RedisConnectionError(f"cannot connect to Redis: {self._failure}") from None
             if self._backoff:
                 log.info("redis: connected again")
             self._backoff = 0.0
+            self._failure = None
             self._protocol = protocol
             return protocol
 
@@ -168,8 +232,7 @@ class RespConnection:
         if commands:
             for reply in await protocol.send(commands):
                 if isinstance(reply, Exception):
-                    protocol.transport.close()
-                    raise ConnectionError(f"Redis refused the connection set-up: {reply}")
+                    raise RedisConnectionError(f"Redis refused the connection set-up: {reply}")
 
     async def script_load(self, source: str) -> str:
         [sha] = await self.execute([("SCRIPT", "LOAD", source)])

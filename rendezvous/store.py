@@ -7,6 +7,7 @@ discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from typing import Any, Callable, Iterable
@@ -17,7 +18,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from opentelemetry.trace import SpanKind
 
 from rendezvous import lua, metrics, record
-from rendezvous.connection import RedisPyBackend, RespConnection
+from rendezvous.connection import RedisPyBackend, RepeatedWarnings, RespConnection
 from rendezvous.keys import KeySchema
 from rendezvous.record import Registration
 from rendezvous.settings import Limits, Settings
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_MS = 60_000
 STORE_RETRY_AFTER_S = 2
 METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers gauge
+# Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
+# Redis lacks (after a restart or SCRIPT FLUSH) is a NOSCRIPT reply, never a name missing on our side.
+_SHA = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in lua.ALL.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +82,7 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.limits = limits
-        self._sha: dict[str, str] = {}
+        self._warnings = RepeatedWarnings(log)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -86,47 +90,46 @@ class Store:
     # --- plumbing -------------------------------------------------------------------------------------------
 
     async def load_scripts(self) -> None:
-        for name, source in lua.ALL.items():
-            self._sha[name] = await self.redis.script_load(source)
+        """Load every Lua script into Redis (every primary, on a Cluster), so requests can run them by SHA."""
+        for source in lua.ALL.values():
+            await self.redis.script_load(source)
 
     async def _pipeline(self, build: Callable[["_Batch"], None]) -> list:
-        """Run the commands `build` adds as one round trip; reload scripts once if Redis lost them."""
-        for attempt in (1, 2):
-            try:
-                if not self._sha:
-                    await self.load_scripts()
-                batch = _Batch(self._sha)
-                build(batch)
-                results = await self._execute(batch)
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.inc()
-                raise self._unavailable(exc) from None
-            failures = [r for r in results if isinstance(r, Exception)]
-            if not failures:
-                return results
-            if attempt == 1 and any(isinstance(f, NoScriptError) for f in failures):
-                self._sha.clear()
-                continue
+        """Run the commands `build` adds as one round trip. The scripts that met NOSCRIPT (Redis restarted,
+        or its scripts flushed) are sent again with their text, which Redis runs and caches for the next
+        EVALSHA: no reload for concurrent requests to race, however often the cache is flushed. The other
+        commands are not sent again (a rate counter or a nonce must not count one request twice)."""
+        batch = _Batch()
+        build(batch)
+        results = await self._execute(batch)
+        missing = [i for i, reply in enumerate(results) if isinstance(reply, NoScriptError)]
+        if missing:
+            for i, reply in zip(missing, await self._execute(batch.with_source(missing))):
+                results[i] = reply
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures:
             raise self._unavailable(failures[0]) from None
-        raise AssertionError("unreachable")
+        return results
 
     async def _execute(self, batch: "_Batch") -> list:
-        """One round trip to Redis, timed and traced."""
+        """One round trip to Redis, timed and traced; a failed one counted and turned into a 503."""
         operation = "+".join(batch.names)  # a handful of fixed combinations: rate+register, rate+discover, ...
         with tracing.span(f"redis {operation}", SpanKind.CLIENT, {"db.system": "redis", "db.operation.name": operation}):
             started = time.perf_counter()
             try:
                 return await self.redis.execute(batch.commands)
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.inc()
+                raise self._unavailable(exc) from None
             finally:
                 metrics.REDIS_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
-    @staticmethod
-    def _unavailable(exc: BaseException) -> ApiError:
+    def _unavailable(self, exc: BaseException) -> ApiError:
         if isinstance(exc, ResponseError) and not str(exc).startswith(("OOM", "LOADING", "BUSY", "CLUSTERDOWN",
                                                                          "TRYAGAIN", "MASTERDOWN", "READONLY")):
             log.error("store: unexpected reply from Redis: %s", exc)
             return ApiError(ErrorCode.INTERNAL, "the registration store refused the operation")
-        log.warning("store: Redis unavailable: %s: %s", type(exc).__name__, exc)
+        self._warnings.warning(type(exc).__name__, "store: Redis unavailable: %s: %s", type(exc).__name__, exc)
         return StoreUnavailable(type(exc).__name__)
 
     def _rate(self, batch: "_Batch", client_ip: str) -> None:
@@ -200,7 +203,8 @@ class Store:
         try:
             await self.redis.execute([("ZREM", index_key, namespace)])
         except RedisError as exc:  # the stale entry expires with the TTL it was reserved for
-            log.warning("store: could not release a refused registration's index entry: %s", exc)
+            self._warnings.warning("release", "store: could not release a refused registration's index entry: %s",
+                                   exc)
 
     async def discover(self, namespace: str, cursor: str, limit: int, client_ip: str) -> Page:
         ns = self.keys.namespace(namespace)
@@ -281,17 +285,25 @@ class Store:
 
 
 class _Batch:
-    """The commands of one round trip, recorded so they can be sent again after a script reload."""
+    """The commands of one round trip, recorded so the scripts Redis lacked can be sent again."""
 
-    def __init__(self, shas: dict[str, str]):
-        self.shas = shas
+    def __init__(self) -> None:
         self.commands: list[tuple] = []
         self.names: list[str] = []  # what each command does, for traces and the latency metric
 
     def script(self, name: str, keys: Iterable[str], *args: Any) -> None:
         keys = tuple(keys)
-        self.commands.append(("EVALSHA", self.shas[name], len(keys), *keys, *args))
+        self.commands.append(("EVALSHA", _SHA[name], len(keys), *keys, *args))
         self.names.append(name)
+
+    def with_source(self, indices: list[int]) -> "_Batch":
+        """The scripts at `indices` as EVAL with their text, in place of EVALSHA with their SHA."""
+        again = _Batch()
+        for i in indices:
+            _evalsha, _sha, *rest = self.commands[i]
+            again.commands.append(("EVAL", lua.ALL[self.names[i]], *rest))
+            again.names.append(self.names[i])
+        return again
 
     def call(self, *command: Any) -> None:
         self.commands.append(command)
