@@ -110,7 +110,7 @@ def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
     url, relay_http = stack
     relay_tcp = relay_tcp_addr(relay_http)
     worker_http = free_port()
-    worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1",
+    worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1", "DIAL_SCOPE": "all",
                                 "TCP_PORT": "0", "WS_PORT": "off", "PORT": str(worker_http), "NAMESPACE": "browser-demo",
                                 "RENDEZVOUS_SERVICE_URL": url, "LIBP2P_RELAY_BOOTSTRAP": relay_tcp})
     try:
@@ -132,7 +132,7 @@ def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_pat
     try:
         hosting = json.loads(browser.stdout.readline())  # the page is hosting: now the worker may find it
         assert hosting["host"].startswith("12D3KooW")
-        worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1",
+        worker = Process("worker", {"IDENTITY_FILE": str(tmp_path / "worker.key"), "LISTEN_HOST": "127.0.0.1", "DIAL_SCOPE": "all",
                                     "TCP_PORT": "0", "WS_PORT": "off", "PORT": str(free_port()),
                                     "NAMESPACE": "browser-demo", "RENDEZVOUS_SERVICE_URL": url, "HOLEPUNCH": "false",
                                     "LIBP2P_RELAY_BOOTSTRAP": relay_tcp, "CHAT_GREETING": "hello from a worker",

@@ -8,7 +8,7 @@ import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@
 import { identify } from '@libp2p/identify'
 import { RecordEnvelope } from '@libp2p/peer-record'
 import { ping } from '@libp2p/ping'
-import { lpStream } from '@libp2p/utils'
+import { isPrivate, lpStream } from '@libp2p/utils'
 import { webRTC } from '@libp2p/webrtc'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -44,6 +44,20 @@ async function identity () {
   return key
 }
 
+// The browser's own rules (no insecure ws://, no private addresses) hold for every address but those of the
+// relays our service configured (a local stack's relay is ws:// on loopback). Peers' addresses come from
+// registrations anyone can write: they must never point this page at a host on the visitor's LAN.
+function gate (relays) {
+  const trusted = new Set(relays.map((addr) => addr.split('/p2p/')[0]))
+  return {
+    denyDialMultiaddr: async (ma) => {
+      const text = ma.toString()
+      if (trusted.has(text.split('/p2p-circuit')[0].split('/p2p/')[0])) return false
+      return (/\/ws(\/|$)/.test(text) && !text.includes('/tls/')) || isPrivate(ma)
+    }
+  }
+}
+
 async function start () {
   if (node) return node
   const response = await fetch('/demo/config').catch(() => null)
@@ -58,8 +72,7 @@ async function start () {
     transports: [webSockets(), webRTC({ rtcConfiguration: { iceServers: config.iceServers } }), circuitRelayTransport()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    // the browser's default gater refuses ws:// and private addresses; the relay's come from our own service
-    connectionGater: { denyDialMultiaddr: async () => false },
+    connectionGater: gate(config.relays),
     services: { identify: identify(), ping: ping() }
   })
   await node.handle(CHAT, (stream, connection) => attach(stream, connection), { runOnLimitedConnection: true })
