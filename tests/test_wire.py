@@ -87,3 +87,16 @@ def test_a_response_type_sent_as_a_request_gets_no_answer():
     with pytest.raises(wire.WireError) as caught:
         wire.decode_request(varint_field(1, 1))
     assert wire.error_reply(caught.value) is None
+
+
+@pytest.mark.parametrize("message, agent, legacy", [
+    (bytes_field(5, b"ipfs/0.1.0") + bytes_field(6, b"py-libp2p/0.8.1"), "py-libp2p/0.8.1", True),
+    (bytes_field(6, b"github.com/libp2p/go-libp2p"), "github.com/libp2p/go-libp2p", False),
+    (bytes_field(6, b"rust-libp2p/0.53.0"), "rust-libp2p/0.53.0", False),
+    (bytes_field(5, b"ipfs/0.1.0"), "", False),  # no agent
+    (bytes_field(6, b"\xff\xfe"), "", False),  # not UTF-8
+    (b"\x32\x7f", "", False),  # field 6 running past the end
+])
+def test_identify_agent_version_picks_the_legacy_form_only_for_py_libp2p(message, agent, legacy):
+    assert wire.identify_agent_version(message) == agent
+    assert wire.is_legacy_agent(agent) is legacy
