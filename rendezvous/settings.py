@@ -25,6 +25,7 @@ class Limits:
     ttl_max: int = SPEC_MAX_TTL_SECONDS
     timestamp_window: int = 60
     max_body_bytes: int = 8192
+    body_read_timeout: int = 30
     max_addrs: int = 16
     max_addr_length: int = 256
     max_registrations_per_peer: int = 32
@@ -124,6 +125,8 @@ OPTIONS = [
     _limit("--ttl-max", "TTL_MAX_SECONDS", 1, SPEC_MAX, "longest registration TTL (the spec's maximum is 72 h)"),
     _limit("--timestamp-window", "TIMESTAMP_WINDOW_SECONDS", 1, 3600, "accepted clock skew of a signed request, s"),
     _limit("--max-body-bytes", "MAX_BODY_BYTES", 512, 1 << 20, "request body cap"),
+    _limit("--body-read-timeout", "BODY_READ_TIMEOUT_SECONDS", 1, 3600,
+           "seconds a request body may take to arrive; then 408 and the connection is closed"),
     _limit("--max-addrs", "MAX_ADDRS", 1, 256, "addresses per registration"),
     _limit("--max-addr-length", "MAX_ADDR_LENGTH", 16, 1024, "characters per address"),
     _limit("--max-registrations-per-peer", "MAX_REGISTRATIONS_PER_PEER", 1, 10_000, "namespaces one peer may be in"),

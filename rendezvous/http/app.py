@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from opentelemetry.trace import SpanKind
 
@@ -29,6 +31,7 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type, Authorization, Accept, traceparent",
     "Access-Control-Max-Age": "86400",
 }
+CLIENT_CLOSED_REQUEST = 499
 _HTTP_ERRORS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.BODY_TOO_LARGE}
 
 
@@ -37,6 +40,26 @@ def error_response(exc: ApiError) -> web.Response:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return web.json_response(exc.body(), status=exc.kind.status, headers=headers)
+
+
+def _door_refusal(refusal: tuple[str, int], message: str) -> web.Response:
+    """A refusal with a code shared/errors.py does not have yet (routes.DOOR_ERRORS), in the same JSON shape;
+    the connection is closed after it, since the request's bytes can no longer be trusted or waited for."""
+    code, status = refusal
+    response = web.json_response({"error": code, "message": message}, status=status, headers=CORS_HEADERS)
+    response.force_close()
+    return response
+
+
+def _http_error_response(exc: web.HTTPException, request: web.Request) -> web.Response:
+    if isinstance(exc, web.HTTPRequestTimeout):
+        limit = request.app[routes.SETTINGS].limits.body_read_timeout
+        return _door_refusal(routes.REQUEST_TIMEOUT, f"the request body did not arrive within {limit} s")
+    response = error_response(_as_api_error(exc, request))
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        # RFC 9110 15.5.6: a 405 must list what the resource takes; OPTIONS is answered on every path (above)
+        response.headers["Allow"] = ", ".join(sorted({*exc.allowed_methods, "OPTIONS"}))
+    return response
 
 
 def _as_api_error(exc: web.HTTPException, request: web.Request) -> ApiError:
@@ -63,7 +86,17 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
                              "http.response.status_code": response.status})
     metrics.HTTP_REQUESTS.labels(route, request.method, response.status).inc()
     metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    if response.status == routes.REQUEST_TIMEOUT[1]:
+        await _send_and_hang_up(request, response)
     return response
+
+
+async def _send_and_hang_up(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the answer now and close the connection behind it. Left to aiohttp, a request whose body is
+    unread keeps its connection for `lingering_time` (10 s) more, reading whatever the stalled client sends."""
+    await response.prepare(request)
+    await response.write_eof()  # the transport flushes what is buffered before it closes
+    request.protocol.force_close()
 
 
 async def _respond(request: web.Request, handler) -> web.StreamResponse:
@@ -77,12 +110,54 @@ async def _respond(request: web.Request, handler) -> web.StreamResponse:
             if exc.kind is ErrorCode.STORE_UNAVAILABLE:
                 metrics.STORE_ERRORS.inc()
         except web.HTTPException as exc:
-            response = error_response(_as_api_error(exc, request))
+            response = _http_error_response(exc, request)
+        except routes.ClientGone:
+            # nobody is left to answer: not a failure of ours. 499 is nginx's "client closed request", so the
+            # metrics tell these apart from 5xx; aiohttp drops the answer quietly when it cannot send it.
+            log.debug("the client went away during %s %s", request.method, request.path)
+            response = web.Response(status=CLIENT_CLOSED_REQUEST)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(ApiError(ErrorCode.INTERNAL, "internal error; it has been logged"))
         response.headers.update(CORS_HEADERS)
     return response
+
+
+class _DoorProtocol(RequestHandler):
+    """aiohttp answers a request its parser refuses (a NUL in a header value, a malformed request line, a line
+    too long) in RequestHandler.handle_error, before any route or middleware sees it: as text/plain without
+    our CORS headers, and logged at ERROR with a traceback, which anyone on the internet can trigger at will.
+    aiohttp has no hook for it (aio-libs/aiohttp#3287, #9882), so this subclass answers those with our JSON
+    refusal instead, and logs them at DEBUG. Anything else (a 500 that escaped the middleware) is aiohttp's."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        log.debug("unparsable request from %s: %s", request.remote, exc)
+        if request.writer.output_size > 0:  # as aiohttp does: an answer has begun, the connection is broken
+            raise ConnectionError("an answer was already under way")
+        metrics.HTTP_REQUESTS.labels("unparsed", "UNKNOWN", status).inc()
+        first_line = str(exc.message).splitlines()[0][:120].rstrip(":") if exc.message else "unparsable"
+        return _door_refusal(routes.BAD_REQUEST, f"the request is not valid HTTP/1.1: {first_line}")
+
+
+class _DoorServer(web.Server):
+    def __call__(self) -> RequestHandler:  # aiohttp builds RequestHandler here, and offers no other seam
+        return _DoorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+def _serve_with_door_protocol(app: web.Application) -> None:
+    """Make every runner of `app` (web.run_app in the CLI, TestServer in the tests) speak through
+    _DoorProtocol: Application._make_handler is where each of them gets its Server."""
+    make_server = app._make_handler
+
+    def make_door_server(**kwargs) -> web.Server:
+        server = make_server(**kwargs)
+        return _DoorServer(server.request_handler, request_factory=server.request_factory,
+                           handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
+
+    app._make_handler = make_door_server  # type: ignore[method-assign]
 
 
 FAILURE = web.AppKey("failure", list)  # what stopped the service from inside, for the CLI's exit status
@@ -117,6 +192,7 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(libp2p_door_lifecycle)
     routes.add_routes(app)
     demo.add_routes(app)
+    _serve_with_door_protocol(app)
     return app
 
 

@@ -12,6 +12,24 @@ from rendezvous.http import routes
 
 NOT_BUILT = "The demo page is not built: run scripts/build-web.sh (scripts/run.sh does).\n"
 
+# What web/index.html and its bundle really use, and nothing more: the bundle from this origin as a module
+# script; the inline <style> block; the data: favicon; fetch() to this rendezvous (/demo/config, /peers) and
+# WebSockets to relays whose addresses come from the config at run time, so any ws:/wss: host (WebRTC itself
+# is not a fetch: CSP has no say over RTCPeerConnection). frame-ancestors: no one may frame the page
+# (clickjacking); X-Frame-Options says the same to browsers older than CSP 2.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'unsafe-inline'",
+    "img-src data:",
+    "connect-src 'self' ws: wss:",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+])
+PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
 
 async def page(request: web.Request) -> web.StreamResponse:
     return _file(pathlib.Path(request.app[routes.SETTINGS].web_dir) / "index.html", "text/html")
@@ -23,8 +41,8 @@ async def bundle(request: web.Request) -> web.StreamResponse:
 
 def _file(path: pathlib.Path, content_type: str) -> web.StreamResponse:
     if not path.exists():
-        return web.Response(status=503, text=NOT_BUILT)
-    return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+        return web.Response(status=503, text=NOT_BUILT, headers=PAGE_HEADERS)
+    return web.FileResponse(path, headers={"Content-Type": content_type, "Cache-Control": "no-cache", **PAGE_HEADERS})
 
 
 async def config(request: web.Request) -> web.Response:

@@ -1,88 +1,120 @@
-"""The OpenAPI 3.1 description served at /openapi.json."""
+"""The OpenAPI 3.1 description served at /openapi.json: what the server enforces, with this server's limits
+(settings), so a client generated from it refuses what the service would refuse."""
+from __future__ import annotations
+
+from rendezvous.settings import Settings
 from shared.errors import ErrorCode
+from shared.registration import _NAMESPACE_RE, MAX_NAMESPACE_BYTES
+
+# An Ed25519 peer ID (the only key type the service takes, shared/envelope.py): the identity multihash of
+# the 36-byte protobuf key, 38 bytes with a leading zero, in base58btc: always 12D3KooW and 44 more, 52 in all.
+PEER_ID_PATTERN = "^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$"
+COOKIE_PATTERN = "^[A-Za-z0-9_-]+$"  # base64url without padding (rendezvous/cookie.py)
+NAMESPACE_PATTERN = f"^{_NAMESPACE_RE.pattern}$"  # the one namespace rule (shared/registration.py)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _errors(*statuses: int) -> dict:
-    return {str(s): {"description": ", ".join(k.code for k in ErrorCode if k.status == s),
-                     "content": {"application/json": {"schema": _ERROR}}} for s in statuses}
+def _json(schema: str) -> dict:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
-_NAMESPACE = {"name": "namespace", "in": "query", "required": False,
-              "description": "Namespace (1-255 bytes of letters, digits and . _ ~ : / @ + = -); default 'default'",
-              "schema": {"type": "string", "maxLength": 255, "pattern": "^[A-Za-z0-9._~:/@+=-]+$"}}
-_PEER_ID = {"name": "peer_id", "in": "path", "required": True, "description": "Ed25519 peer ID (12D3KooW...)",
-            "schema": {"type": "string"}}
-_ENVELOPE_BODY = {"required": True, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary",
-               "description": "A marshalled libp2p signed envelope; see the README for the payload"}}}}
+def document(settings: Settings, door_errors: tuple[tuple[str, int], ...] = ()) -> dict:
+    """The description of a server with these settings; `door_errors` are the HTTP door's own (code, status)
+    refusals that shared/errors.py has no ErrorCode for (routes.DOOR_ERRORS)."""
+    limits = settings.limits
+    codes = [(kind.code, kind.status) for kind in ErrorCode] + list(door_errors)
 
-OPENAPI = {
-    "openapi": "3.1.0",
-    "info": {"title": "holepunch-services rendezvous", "version": "1.0.0",
-             "description": "Signed, TTL-expiring peer registrations on Redis; discovery with paged cookies."},
-    "paths": {
-        "/peers": {
-            "post": {"summary": "Register (or renew) the signing peer in a namespace", "requestBody": _ENVELOPE_BODY,
-                     "responses": {"201": {"description": "Registered",
-                                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registered"}}}},
-                                   "200": {"description": "Renewed, superseding the previous registration",
-                                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Registered"}}}},
-                                   **_errors(400, 409, 413, 429, 503, 507)}},
-            "get": {"summary": "Discover live peers of a namespace, one page at a time",
-                    "parameters": [_NAMESPACE,
-                                   {"name": "limit", "in": "query", "required": False,
-                                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                                   {"name": "cookie", "in": "query", "required": False,
-                                    "description": "Cookie of the previous page: continue after it",
-                                    "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "A page of peers (NDJSON with Accept: application/x-ndjson;"
-                                                         " then the cookie is in X-Rendezvous-Cookie)",
-                                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}},
-                                                      "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Peer"}}}},
-                                  **_errors(400, 429, 503)}},
+    def errors(*statuses: int) -> dict:
+        return {str(status): {"description": ", ".join(code for code, s in codes if s == status),
+                              "content": {"application/json": {"schema": _ERROR}}} for status in statuses}
+
+    namespace = {"name": "namespace", "in": "query", "required": False,
+                 "description": f"Namespace (1-{MAX_NAMESPACE_BYTES} bytes of letters, digits and . _ ~ : / @ + = -)",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": MAX_NAMESPACE_BYTES,
+                            "pattern": NAMESPACE_PATTERN, "default": settings.default_namespace}}
+    peer_id = {"name": "peer_id", "in": "path", "required": True, "description": "Ed25519 peer ID (12D3KooW...)",
+               "schema": {"type": "string", "minLength": 52, "maxLength": 52, "pattern": PEER_ID_PATTERN}}
+    envelope_body = {"required": True, "description": f"At most {limits.max_body_bytes} bytes, sent within "
+                                                      f"{limits.body_read_timeout} s",
+                     "content": {"application/octet-stream": {"schema": {
+                         "type": "string", "format": "binary", "maxLength": limits.max_body_bytes,
+                         "description": "A marshalled libp2p signed envelope; see the README for the payload"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "holepunch-services rendezvous", "version": "1.0.0",
+                 "description": "Signed, TTL-expiring peer registrations on Redis; discovery with paged cookies."},
+        "paths": {
+            "/peers": {
+                "post": {"summary": "Register (or renew) the signing peer in a namespace",
+                         "requestBody": envelope_body,
+                         "responses": {"201": {"description": "Registered", "content": _json("Registered")},
+                                       "200": {"description": "Renewed, superseding the previous registration",
+                                               "content": _json("Registered")},
+                                       **errors(400, 408, 409, 413, 429, 503, 507)}},
+                "get": {"summary": "Discover live peers of a namespace, one page at a time",
+                        "parameters": [namespace,
+                                       {"name": "limit", "in": "query", "required": False,
+                                        "schema": {"type": "integer", "minimum": 1,
+                                                   "maximum": limits.discover_limit_max,
+                                                   "default": limits.discover_limit_default}},
+                                       {"name": "cookie", "in": "query", "required": False,
+                                        "description": "Cookie of the previous page: continue after it",
+                                        "schema": {"type": "string", "pattern": COOKIE_PATTERN}}],
+                        "responses": {"200": {"description": "A page of peers (NDJSON with Accept: "
+                                                             "application/x-ndjson; then the cookie is in "
+                                                             "X-Rendezvous-Cookie)",
+                                              "content": {**_json("Page"), "application/x-ndjson": {
+                                                  "schema": {"$ref": "#/components/schemas/Peer"}}}},
+                                      **errors(400, 429, 503)}},
+            },
+            "/peers/{peer_id}": {
+                "get": {"summary": "One peer's live registration in a namespace", "parameters": [peer_id, namespace],
+                        "responses": {"200": {"description": "The peer", "content": _json("Peer")},
+                                      **errors(400, 404, 429, 503)}},
+                "delete": {"summary": "Deregister: a signed request of the peer, or an operator's admin token",
+                           "parameters": [peer_id, {**namespace, "description": "Admin only: the namespace to "
+                                                    "remove the peer from (all when absent)",
+                                                    "schema": {k: v for k, v in namespace["schema"].items()
+                                                               if k != "default"}}],
+                           "security": [{}, {"admin": []}],
+                           "requestBody": {**envelope_body, "required": False},
+                           "responses": {"200": {"description": "Removed from these namespaces",
+                                                 "content": {"application/json": {"schema": {
+                                                     "type": "object", "properties": {
+                                                         "ID": {"type": "string"},
+                                                         "Removed": {"type": "array", "items": {"type": "string"}}}}}}},
+                                         **errors(400, 401, 404, 408, 409, 413, 429, 503)}},
+            },
+            "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "Redis is reachable",
+                                "responses": {"200": {"description": "ready"}, **errors(503)}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text format"}}}},
         },
-        "/peers/{peer_id}": {
-            "get": {"summary": "One peer's live registration in a namespace", "parameters": [_PEER_ID, _NAMESPACE],
-                    "responses": {"200": {"description": "The peer",
-                                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Peer"}}}},
-                                  **_errors(400, 404, 429, 503)}},
-            "delete": {"summary": "Deregister: a signed request of the peer, or an operator's admin token",
-                       "parameters": [_PEER_ID, {**_NAMESPACE, "description": "Admin only: the namespace to "
-                                                 "remove the peer from (all when absent)"}],
-                       "security": [{}, {"admin": []}],
-                       "requestBody": {**_ENVELOPE_BODY, "required": False},
-                       "responses": {"200": {"description": "Removed from these namespaces",
-                                             "content": {"application/json": {"schema": {
-                                                 "type": "object", "properties": {
-                                                     "ID": {"type": "string"},
-                                                     "Removed": {"type": "array", "items": {"type": "string"}}}}}}},
-                                     **_errors(400, 401, 404, 409, 429, 503)}},
+        "components": {
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "message"],
+                          "properties": {"error": {"type": "string", "enum": [code for code, _ in codes]},
+                                         "message": {"type": "string"}}},
+                "Peer": {"type": "object", "required": ["Schema", "ID", "Addrs", "TTL"],
+                         "properties": {"Schema": {"const": "peer"},
+                                        "ID": {"type": "string", "pattern": PEER_ID_PATTERN},
+                                        "Addrs": {"type": "array", "maxItems": limits.max_addrs,
+                                                  "items": {"type": "string", "maxLength": limits.max_addr_length}},
+                                        "SignedPeerRecord": {"type": "string", "description": "base64, as registered"},
+                                        "TTL": {"type": "integer", "description": "seconds left, rounded up"}}},
+                "Page": {"type": "object", "required": ["Namespace", "Peers", "Cookie", "More"],
+                         "properties": {"Namespace": {"type": "string"},
+                                        "Peers": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}},
+                                        "Cookie": {"type": "string", "pattern": COOKIE_PATTERN},
+                                        "More": {"type": "boolean"}}},
+                "Registered": {"type": "object", "properties": {
+                    "ID": {"type": "string", "pattern": PEER_ID_PATTERN},
+                    "Namespace": {"type": "string"},
+                    "TTL": {"type": "integer", "minimum": limits.ttl_min, "maximum": limits.ttl_max},
+                    "ExpiresAt": {"type": "integer", "description": "Unix ms, Redis clock"}}},
+            },
         },
-        "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
-        "/readyz": {"get": {"summary": "Redis is reachable",
-                            "responses": {"200": {"description": "ready"}, **_errors(503)}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
-    },
-    "components": {
-        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},
-        "schemas": {
-            "Error": {"type": "object", "required": ["error", "message"],
-                      "properties": {"error": {"type": "string", "enum": [k.code for k in ErrorCode]},
-                                     "message": {"type": "string"}}},
-            "Peer": {"type": "object", "required": ["Schema", "ID", "Addrs", "TTL"],
-                     "properties": {"Schema": {"const": "peer"}, "ID": {"type": "string"},
-                                    "Addrs": {"type": "array", "items": {"type": "string"}},
-                                    "SignedPeerRecord": {"type": "string", "description": "base64, as registered"},
-                                    "TTL": {"type": "integer", "description": "seconds left, rounded up"}}},
-            "Page": {"type": "object", "required": ["Namespace", "Peers", "Cookie", "More"],
-                     "properties": {"Namespace": {"type": "string"},
-                                    "Peers": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}},
-                                    "Cookie": {"type": "string"}, "More": {"type": "boolean"}}},
-            "Registered": {"type": "object", "properties": {
-                "ID": {"type": "string"}, "Namespace": {"type": "string"}, "TTL": {"type": "integer"},
-                "ExpiresAt": {"type": "integer", "description": "Unix ms, Redis clock"}}},
-        },
-    },
-}
+    }

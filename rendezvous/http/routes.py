@@ -2,6 +2,7 @@
 CORS are the middlewares' (app.py); rules, limits and counting are the registry's."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -10,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rendezvous import metrics, record, rules
-from rendezvous.http.openapi import OPENAPI
+from rendezvous.http import openapi as openapi_document
 from rendezvous.registry import Registry
 from rendezvous.settings import Settings
 from shared.errors import ApiError, ErrorCode
@@ -23,6 +24,28 @@ REGISTRY = web.AppKey("registry", Registry)
 NDJSON = "application/x-ndjson"
 COOKIE_HEADER = "X-Rendezvous-Cookie"
 MORE_HEADER = "X-Rendezvous-More"
+
+# Refusals of the HTTP door itself that shared/errors.py has no ErrorCode for yet, as (code, status); app.py
+# answers them in the same JSON shape. They belong in ErrorCode (BAD_REQUEST, REQUEST_TIMEOUT).
+BAD_REQUEST = ("bad_request", 400)  # aiohttp's parser refused the request: a NUL in a header, a bad request line
+REQUEST_TIMEOUT = ("request_timeout", 408)  # the body did not arrive within BODY_READ_TIMEOUT_SECONDS
+DOOR_ERRORS = (BAD_REQUEST, REQUEST_TIMEOUT)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was read: nobody is left to answer."""
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, read within BODY_READ_TIMEOUT_SECONDS: a client that stops sending half-way would
+    otherwise hold its connection, and a handler, for as long as it likes (aiohttp sets no deadline)."""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].limits.body_read_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+    except ConnectionError:  # aiohttp fails the read with ConnectionResetError when the connection is lost
+        raise ClientGone() from None
 
 
 def client_ip(request: web.Request) -> str:
@@ -40,7 +63,7 @@ def client_ip(request: web.Request) -> str:
 
 
 async def register(request: web.Request) -> web.Response:
-    registered = await request.app[REGISTRY].register_signed(await request.read(), client_ip(request))
+    registered = await request.app[REGISTRY].register_signed(await read_body(request), client_ip(request))
     reg = registered.registration
     return web.json_response({"ID": reg.peer_id, "Namespace": reg.namespace, "TTL": reg.ttl,
                               "ExpiresAt": registered.expiry_ms}, status=200 if registered.renewed else 201)
@@ -80,7 +103,7 @@ async def deregister(request: web.Request) -> web.Response:
         removed = await registry.unregister_by_admin(request.headers["Authorization"], peer_id,
                                                      request.query.get("namespace"))
     else:
-        body = await request.read()
+        body = await read_body(request)
         if not body:
             raise ApiError(ErrorCode.UNAUTHORIZED, "deregistration needs a signed request from the peer, "
                            "or an operator's admin token in 'Authorization: Bearer'")
@@ -108,7 +131,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(openapi_document.document(request.app[SETTINGS], DOOR_ERRORS))
 
 
 def add_routes(app: web.Application) -> None:
