@@ -1,8 +1,9 @@
 """The Redis key schema: every key the service touches is spelled here and nowhere else.
 
 Keys that one Lua script touches together share a Redis Cluster hash tag (`{...}`), so each script runs on
-one slot: a namespace's three keys share `{ns:<namespace>}`, a peer's rate counter, nonces and namespace
-index share `{peer:<peer id>}`, an address's rate counter has `{ip:<address>}`.
+one slot: a namespace's keys share `{ns:<namespace>}`, a peer's rate counter, nonces and namespace index
+share `{peer:<peer id>}`, a source's rate counter and held registrations share `{ip:<source>}` (a source is
+an IPv4 address or an IPv6 /64: rendezvous/rules.py).
 """
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import dataclasses
 class NamespaceKeys:
     expiries: str  # ZSET member=Ed25519 key (32 bytes), score=expiry (Unix ms, Redis clock)
     sequence: str  # ZSET member=Ed25519 key, score=registration sequence (Redis clock in us, strictly rising)
-    records: str  # HASH member -> 13-digit expiry + the peer object ready to send (registration.py)
+    records: str  # HASH member -> the stored record (rendezvous/record.py)
+    sources: str  # ZSET source -> how many live registrations it holds here (for fair shares when full)
+    source_of: str  # HASH member -> the source that registered it
+    by_source_prefix: str  # + source: ZSET member -> sequence, a source's registrations oldest first
 
-    def all(self) -> tuple[str, str, str]:
-        return self.expiries, self.sequence, self.records
+    def all(self) -> tuple[str, str, str, str, str]:
+        """The keys every namespace script declares (the per-source sets share their slot)."""
+        return self.expiries, self.sequence, self.records, self.sources, self.source_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +40,18 @@ class KeySchema:
 
     def namespace(self, namespace: str) -> NamespaceKeys:
         tag = f"{self.prefix}:{{ns:{namespace}}}"
-        return NamespaceKeys(f"{tag}:exp", f"{tag}:seq", f"{tag}:rec")
+        return NamespaceKeys(f"{tag}:exp", f"{tag}:seq", f"{tag}:rec", f"{tag}:src", f"{tag}:who", f"{tag}:by:")
 
     def peer(self, peer_id: str) -> PeerKeys:
         tag = f"{self.prefix}:{{peer:{peer_id}}}"
         return PeerKeys(f"{tag}:rate", f"{tag}:ns", f"{tag}:nonce:")
 
-    def ip_rate(self, address: str) -> str:
-        return f"{self.prefix}:{{ip:{address}}}:rate"
+    def ip_rate(self, source: str) -> str:
+        return f"{self.prefix}:{{ip:{source}}}:rate"
+
+    def held_by(self, source: str) -> str:
+        """ZSET namespace + NUL + peer ID -> expiry: the live registrations a source holds (its quota)."""
+        return f"{self.prefix}:{{ip:{source}}}:held"
 
     def namespaces(self) -> str:
         """ZSET namespace -> latest expiry in it: which namespaces have live peers (for metrics)."""

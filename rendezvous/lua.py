@@ -40,38 +40,89 @@ if known then return {'ok', 0} end
 return {'ok', 1}
 """
 
-_PURGE_EXPIRED = """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
-if #dead > 0 then
-  redis.call('ZREM', KEYS[1], unpack(dead))
-  redis.call('ZREM', KEYS[2], unpack(dead))
-  redis.call('HDEL', KEYS[3], unpack(dead))
+# Every namespace script declares the namespace's keys (keys.py NamespaceKeys.all):
+#   KEYS[1] expiries, KEYS[2] sequence, KEYS[3] records, KEYS[4] sources, KEYS[5] source of each member;
+# a source's own set of members is KEYS[1] less its 'exp' suffix, plus 'by:' and the source (same slot).
+_SOURCES = """
+local by_prefix = string.sub(KEYS[1], 1, #KEYS[1] - 3) .. 'by:'
+-- remove a member and its source's count of it; -> the source (its quota entry is the caller's to drop)
+local function forget(member)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[3], member)
+  local source = redis.call('HGET', KEYS[5], member)
+  if source then
+    redis.call('HDEL', KEYS[5], member)
+    redis.call('ZREM', by_prefix .. source, member)
+    if tonumber(redis.call('ZINCRBY', KEYS[4], -1, source)) <= 0 then redis.call('ZREM', KEYS[4], source) end
+  end
+  return source or ''
 end
 """
 
-# KEYS: namespace expiries, sequence, records.  ARGV: member, peer object fragment, ttl_ms, max peers.
-# -> {1, expiry_ms, replaced 0/1} or {0, 0, 0} when the namespace is full.
-REGISTER = _NOW + _PURGE_EXPIRED + """
-local member = ARGV[1]
+_PURGE_EXPIRED = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
+for _, member in ipairs(dead) do forget(member) end
+"""
+
+# KEYS: the namespace's (above).  ARGV: member, peer object fragment, ttl_ms, max peers, source.
+# -> {1, expiry_ms, replaced 0/1, released} or {0, 0, 0, {}} when the namespace is full; `released` lists
+#    (source, member) pairs whose quota entries the caller drops: a registration evicted to make room, or
+#    this peer's own registration taken over from another source.
+# A full namespace is shared fairly, not first come first served: a source holding fewer registrations
+# than the largest holder less one takes the place of that holder's oldest registration.
+REGISTER = _NOW + _SOURCES + _PURGE_EXPIRED + """
+local member, source = ARGV[1], ARGV[5]
 local previous = redis.call('ZSCORE', KEYS[1], member)
+local released = {}
 if not previous and redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') >= tonumber(ARGV[4]) then
-  return {0, 0, 0}
+  local mine = tonumber(redis.call('ZSCORE', KEYS[4], source) or '0')
+  local top = redis.call('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if not top[1] or tonumber(top[2]) <= mine + 1 then return {0, 0, 0, {}} end
+  local victim = redis.call('ZRANGE', by_prefix .. top[1], 0, 0)[1]
+  if not victim then return {0, 0, 0, {}} end
+  released = {forget(victim), victim}
 end
 local expiry = now + tonumber(ARGV[3])
 local seq = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 if last[2] and tonumber(last[2]) >= seq then seq = tonumber(last[2]) + 1 end
+local held_by = redis.call('HGET', KEYS[5], member)
+if held_by ~= source then
+  if held_by then
+    forget(member)
+    released[#released + 1] = held_by
+    released[#released + 1] = member
+  end
+  redis.call('HSET', KEYS[5], member, source)
+  redis.call('ZINCRBY', KEYS[4], 1, source)
+end
 redis.call('ZADD', KEYS[1], expiry, member)
 redis.call('ZADD', KEYS[2], seq, member)
+redis.call('ZADD', by_prefix .. source, seq, member)
 redis.call('HSET', KEYS[3], member, string.format('%0""" + _D + """d', expiry) .. ARGV[2])
 -- the namespace's keys live as long as its longest registration, then Redis drops them by itself
 local longest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], longest[2]) end
-if previous then return {1, expiry, 1} end
-return {1, expiry, 0}
+for i = 1, 5 do redis.call('PEXPIREAT', KEYS[i], longest[2]) end
+redis.call('PEXPIREAT', by_prefix .. source, longest[2])
+if previous then return {1, expiry, 1, released} end
+return {1, expiry, 0, released}
 """
 
-# KEYS: namespace expiries, sequence, records.  ARGV: cursor (a sequence number), limit.
+# KEYS: the source's held registrations.  ARGV: entry (namespace NUL member), ttl_ms, cap.
+# -> 2 a place newly reserved (the caller drops it if the registration is refused), 1 already held (its
+#    expiry is extended when the registration is written), 0 refused: the source holds its cap.
+HOLD = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], latest[2])
+return 2
+"""
+
+# KEYS: the namespace's.  ARGV: cursor (a sequence number), limit.
 # -> {now_ms, new cursor, more 0/1, record...}; each record still carries its expiry digits.
 DISCOVER = _NOW + """
 local limit = tonumber(ARGV[2])
@@ -97,22 +148,20 @@ out[3] = #redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. cursor, '+inf', 'LIMIT', 0
 return out
 """
 
-# KEYS: namespace expiries, sequence, records.  ARGV: member.  -> {now_ms, record or false}
+# KEYS: the namespace's.  ARGV: member.  -> {now_ms, record or false}
 LOOKUP = _NOW + """
 local record = redis.call('HGET', KEYS[3], ARGV[1])
 if record and tonumber(string.sub(record, 1, """ + _D + """)) > now then return {now, record} end
 return {now, false}
 """
 
-# KEYS: namespace expiries, sequence, records.  ARGV: member.  -> 1 if a live registration was removed
-UNREGISTER = _NOW + """
+# KEYS: the namespace's.  ARGV: member.  -> {1 if a live registration was removed, the source that held it}
+UNREGISTER = _NOW + _SOURCES + """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if expiry and tonumber(expiry) > now then return 1 end
-return 0
+local source = forget(ARGV[1])
+if expiry and tonumber(expiry) > now then return {1, source} end
+return {0, source}
 """
 
-ALL = {"rate": RATE, "admit": ADMIT, "register": REGISTER, "discover": DISCOVER, "lookup": LOOKUP,
+ALL = {"rate": RATE, "hold": HOLD, "admit": ADMIT, "register": REGISTER, "discover": DISCOVER, "lookup": LOOKUP,
        "unregister": UNREGISTER}

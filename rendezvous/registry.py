@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import hmac
 import logging
+from typing import Awaitable, Callable
 
 import multiaddr
 
@@ -53,18 +54,23 @@ class Registry:
 
     # --- registering ---------------------------------------------------------------------------------------
 
-    async def register_signed(self, body: bytes, client_ip: str) -> Registered:
-        """A registration signed by its peer (the HTTP door)."""
+    async def register_signed(self, read_body: Callable[[], Awaitable[bytes]], client_ip: str) -> Registered:
+        """A registration signed by its peer (the HTTP door). The request is counted against its source
+        before its body is read and its signature verified, so junk costs an attacker its rate limit too."""
+        source = rules.source(client_ip)
         with _counted(metrics.REGISTRATIONS):
-            reg = rules.registration(open_signed(body, REGISTER_PAYLOAD_TYPE), self.limits,
+            await self.store.count_request(source)
+            reg = rules.registration(open_signed(await read_body(), REGISTER_PAYLOAD_TYPE), self.limits,
                                      self.settings.default_namespace)
-        return await self._register(reg, client_ip)
+        return await self._register(reg, source)
 
     async def register_peer_record(self, peer_id: str, signed_peer_record: bytes, namespace: str, ttl: int,
                                    client_ip: str) -> Registered:
         """The libp2p door's spec form: `peer_id` is the peer its connection authenticated, and the standard
         signed peer record it sent must be its own. `ttl` 0 means the default."""
+        source = rules.source(client_ip)
         with _counted(metrics.REGISTRATIONS):
+            await self.store.count_request(source)
             envelope = open_envelope(signed_peer_record, PEER_RECORD_DOMAIN, "signedPeerRecord")
             check_peer_record(signed_peer_record, envelope.public_key)
             try:
@@ -73,49 +79,60 @@ class Registry:
                 raise ApiError(ErrorCode.BAD_PEER_RECORD, f"the record's addresses are malformed: {exc}") from None
             reg = self._authenticated(peer_id, envelope.peer_id, envelope.public_key, namespace, addrs, ttl,
                                       base64.b64encode(signed_peer_record).decode())
-        return await self._register(reg, client_ip)
+        return await self._register(reg, source)
 
     async def register_legacy(self, peer_id: str, named_peer: bytes, addrs: list[bytes], namespace: str, ttl: int,
                               client_ip: str) -> Registered:
         """py-libp2p's form: an unsigned PeerInfo (peer ID bytes, binary multiaddrs), trusted because the
         connection authenticated `peer_id`, which it must name (or leave empty)."""
+        source = rules.source(client_ip)
         with _counted(metrics.REGISTRATIONS):
+            await self.store.count_request(source)
             named = b58encode(named_peer) if named_peer else peer_id
             try:
                 texts = [_multiaddr_text(raw) for raw in addrs]
             except ValueError as exc:
                 raise ApiError(ErrorCode.INVALID_ADDRS, str(exc)) from None
             reg = self._authenticated(peer_id, named, public_key_from_peer_id(peer_id), namespace, texts, ttl, None)
-        return await self._register(reg, client_ip)
+        return await self._register(reg, source)
 
     def _authenticated(self, peer_id: str, named: str, public_key: bytes, namespace: str, addrs: list[str],
                        ttl: int, record: str | None) -> Registration:
         if named != peer_id:
             raise ApiError(ErrorCode.PEER_ID_MISMATCH, f"the registration is for {named}; a peer may only "
                                                        f"register itself ({peer_id})")
-        return Registration(peer_id, public_key, rules.check_namespace(namespace),
-                            rules.check_addrs(addrs, self.limits),
-                            rules.check_ttl(ttl or self.limits.ttl_default, self.limits),
-                            new_nonce(),  # the connection is the proof; the nonce only keys the replay check
-                            record)
+        return rules.check_size(Registration(
+            peer_id, public_key, rules.check_namespace(namespace), rules.check_addrs(addrs, self.limits),
+            rules.check_ttl(ttl or self.limits.ttl_default, self.limits),
+            new_nonce(),  # the connection is the proof; the nonce only keys the replay check
+            record), self.limits)
 
-    async def _register(self, reg: Registration, client_ip: str) -> Registered:
+    async def _register(self, reg: Registration, source: str) -> Registered:
         with _counted(metrics.REGISTRATIONS):
-            expiry, replaced = await self.store.register(reg, client_ip)
+            expiry, replaced, evicted = await self.store.register(reg, source)
         outcome = "renewed" if replaced else "created"
         metrics.REGISTRATIONS.labels(outcome).inc()
+        if evicted:
+            log.info("namespace full: the largest holder's oldest registration made room",
+                     extra={"namespace": reg.namespace, "source": source})
         log.debug("registered", extra={"peer": reg.peer_id, "namespace": reg.namespace, "outcome": outcome})
         return Registered(reg, expiry, replaced)
 
     # --- deregistering -------------------------------------------------------------------------------------
 
-    async def unregister_signed(self, body: bytes, peer_id: str, client_ip: str) -> list[str]:
-        """A deregistration signed by the peer itself. -> the namespaces it left."""
+    async def unregister_signed(self, read_body: Callable[[], Awaitable[bytes]], peer_id: str,
+                                client_ip: str) -> list[str]:
+        """A deregistration signed by the peer itself, counted before it is read. -> the namespaces it left."""
+        await self.store.count_request(rules.source(client_ip))
+        body = await read_body()
+        if not body:
+            raise ApiError(ErrorCode.UNAUTHORIZED, "deregistration needs a signed request from the peer, "
+                           "or an operator's admin token in 'Authorization: Bearer'")
         request = open_signed(body, UNREGISTER_PAYLOAD_TYPE)
         if request.peer_id != peer_id:
             raise ApiError(ErrorCode.PEER_ID_MISMATCH, f"the request is signed by {request.peer_id}, not by {peer_id}")
         namespace = rules.unregistration_namespace(request, self.limits)
-        await self.store.admit_unregistration(peer_id, request.nonce, client_ip)
+        await self.store.admit_unregistration(peer_id, request.nonce)
         return await self._unregister(peer_id, namespace, "peer")
 
     async def unregister_by_admin(self, authorization: str, peer_id: str, namespace: str | None) -> list[str]:
@@ -133,8 +150,9 @@ class Registry:
     async def unregister_authenticated(self, peer_id: str, namespace: str, client_ip: str) -> list[str]:
         """A deregistration from a peer its connection authenticated (the libp2p door); rate-limited as a
         signed one is."""
+        await self.store.count_request(rules.source(client_ip))
         namespace = rules.check_namespace(namespace)
-        await self.store.admit_unregistration(peer_id, new_nonce(), client_ip)
+        await self.store.admit_unregistration(peer_id, new_nonce())
         return await self._unregister(peer_id, namespace, "peer")
 
     async def _unregister(self, peer_id: str, namespace: str | None, by: str) -> list[str]:
@@ -150,7 +168,7 @@ class Registry:
         """One page of `namespace`, continuing after `cookie` (a cookie of ours, or None to start)."""
         namespace = rules.check_namespace(namespace)
         cursor = self.cookies.decode(namespace, cookie)
-        page = await self.store.discover(namespace, cursor, limit, client_ip)
+        page = await self.store.discover(namespace, cursor, limit, rules.source(client_ip))
         return Found(page.now_ms, [(namespace, r) for r in page.records],
                      self.cookies.encode(namespace, page.cursor), page.more)
 
@@ -165,7 +183,7 @@ class Registry:
             if namespace < at_namespace:
                 continue
             start = cursor if namespace == at_namespace else START
-            page = await self.store.discover(namespace, start, limit - len(found), client_ip)
+            page = await self.store.discover(namespace, start, limit - len(found), rules.source(client_ip))
             found += [(namespace, r) for r in page.records]
             now_ms, at_namespace, cursor, more = page.now_ms, namespace, page.cursor, page.more
             if len(found) >= limit:
@@ -175,7 +193,7 @@ class Registry:
 
     async def lookup(self, namespace: str, peer_id: str, client_ip: str) -> tuple[int, bytes | None]:
         public_key_from_peer_id(peer_id)  # a clear error for a malformed ID
-        return await self.store.lookup(rules.check_namespace(namespace), peer_id, client_ip)
+        return await self.store.lookup(rules.check_namespace(namespace), peer_id, rules.source(client_ip))
 
 
 def _multiaddr_text(raw: bytes) -> str:

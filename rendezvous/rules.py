@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import time
 
+from rendezvous import record
 from rendezvous.record import Registration
 from rendezvous.settings import Limits
 from shared.envelope import check_peer_record
@@ -17,6 +19,29 @@ from shared.registration import SignedRequest, namespace_problem
 
 _ADDR_RE = re.compile(r"/[\x21-\x7e]*")  # printable ASCII, no spaces
 MAX_LIMIT_DIGITS = 6  # a page size is small: refuse long digit strings before int() spends time on them
+
+
+def source(client_ip: str) -> str:
+    """What rate limits and quotas count by: an IPv4 address, or the /64 of an IPv6 address (one subscriber
+    gets a whole /64, so counting single IPv6 addresses would give an attacker 2**64 of them)."""
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address) + "/64"
+    return str(ip)
+
+
+def check_size(reg: Registration, limits: Limits) -> Registration:
+    """A stored registration is bounded in bytes, so quotas counted in registrations bound memory too."""
+    size = len(record.encode(reg))
+    if size > limits.max_registration_bytes:
+        raise ApiError(ErrorCode.REGISTRATION_TOO_LARGE, f"the registration takes {size} bytes stored; at most "
+                       f"{limits.max_registration_bytes} are allowed (fewer or shorter addresses, or a smaller record)")
+    return reg
 
 
 def check_namespace(namespace: object) -> str:
@@ -93,10 +118,11 @@ def registration(request: SignedRequest, limits: Limits, default_namespace: str)
     namespace = check_namespace(payload.get("ns", default_namespace))
     ttl = check_ttl(payload.get("ttl", limits.ttl_default), limits)
     addrs = check_addrs(payload.get("addrs"), limits)
-    record = payload.get("record")
-    if record is not None:
-        record = check_record(record, request.envelope.public_key)
-    return Registration(request.peer_id, request.envelope.public_key, namespace, addrs, ttl, request.nonce, record)
+    signed_peer_record = payload.get("record")
+    if signed_peer_record is not None:
+        signed_peer_record = check_record(signed_peer_record, request.envelope.public_key)
+    return check_size(Registration(request.peer_id, request.envelope.public_key, namespace, addrs, ttl,
+                                   request.nonce, signed_peer_record), limits)
 
 
 def unregistration_namespace(request: SignedRequest, limits: Limits) -> str | None:

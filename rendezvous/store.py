@@ -1,8 +1,14 @@
 """Registrations in Redis: the only state the service has, shared by every replica.
 
 One call here is one logical step, done in as few round trips as the Cluster slots allow:
-register = [rate limit by IP + admit the peer (rate, nonce, per-peer cap)] then [write the namespace];
-discover and lookup = [rate limit by IP + read the namespace] in one pipeline.
+register = [count the source's request (before the body is even parsed: `count_request`)], then [hold a
+place in the source's quota + admit the peer (rate, nonce, per-peer cap)], then [write the namespace];
+discover and lookup = [count the source's request + read the namespace] in one pipeline.
+
+A source is what rate limits and quotas are counted by: an IPv4 address, or an IPv6 /64 (rules.source).
+When Redis fills up, registrations stop at a high-water mark of its memory (507 store_full) well before
+Redis refuses writes, and reads go on; if Redis refuses the rate counter's write anyway (OOM), the read
+still answers.
 """
 from __future__ import annotations
 
@@ -30,6 +36,11 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW_MS = 60_000
 STORE_RETRY_AFTER_S = 2
+STORE_FULL_RETRY_AFTER_S = 60
+# How stale the high-water reading may be: one INFO per replica per second, or per 100 registrations when
+# they come faster (bounding how far past the mark a burst can write before it is seen).
+MEMORY_CHECK_INTERVAL_S = 1.0
+MEMORY_CHECK_WRITES = 100
 METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers gauge
 # Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
 # Redis lacks (after a restart or SCRIPT FLUSH) is a NOSCRIPT reply, never a name missing on our side.
@@ -64,7 +75,9 @@ def connect(settings: Settings) -> RespConnection | RedisPyBackend:
 
 async def open_store(settings: Settings) -> "Store":
     """A store on `settings`' Redis (or the embedded one), its scripts loaded when Redis answers."""
-    store = Store(connect(settings), KeySchema(settings.key_prefix), settings.limits)
+    # the embedded store has no maxmemory to watch (and fakeredis no INFO)
+    store = Store(connect(settings), KeySchema(settings.key_prefix), settings.limits,
+                  watch_memory=not settings.embedded)
     if settings.embedded:
         log.warning("store: embedded in-process store (fakeredis); registrations live only as long as this "
                     "process and are not shared with other replicas; set REDIS_URL for production")
@@ -78,11 +91,16 @@ async def open_store(settings: Settings) -> "Store":
 
 
 class Store:
-    def __init__(self, redis: RespConnection | RedisPyBackend, keys: KeySchema, limits: Limits):
+    def __init__(self, redis: RespConnection | RedisPyBackend, keys: KeySchema, limits: Limits,
+                 watch_memory: bool = True):
         self.redis = redis
         self.keys = keys
         self.limits = limits
         self._warnings = RepeatedWarnings(log)
+        self._watch_memory = watch_memory
+        self._memory_checked = float("-inf")
+        self._writes_since_check = 0
+        self._memory_percent = 0.0  # of maxmemory, at the last check; 0 when Redis has no maxmemory
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -94,7 +112,7 @@ class Store:
         for source in lua.ALL.values():
             await self.redis.script_load(source)
 
-    async def _pipeline(self, build: Callable[["_Batch"], None]) -> list:
+    async def _pipeline(self, build: Callable[["_Batch"], None], full_ok: tuple[int, ...] = ()) -> list:
         """Run the commands `build` adds as one round trip. The scripts that met NOSCRIPT (Redis restarted,
         or its scripts flushed) are sent again with their text, which Redis runs and caches for the next
         EVALSHA: no reload for concurrent requests to race, however often the cache is flushed. The other
@@ -106,6 +124,9 @@ class Store:
         if missing:
             for i, reply in zip(missing, await self._execute(batch.with_source(missing))):
                 results[i] = reply
+        for i in full_ok:  # a write Redis refused for lack of memory that the caller can do without
+            if isinstance(results[i], ResponseError) and str(results[i]).startswith("OOM"):
+                results[i] = None
         failures = [r for r in results if isinstance(r, Exception)]
         if failures:
             raise self._unavailable(failures[0]) from None
@@ -132,10 +153,12 @@ class Store:
         self._warnings.warning(type(exc).__name__, "store: Redis unavailable: %s: %s", type(exc).__name__, exc)
         return StoreUnavailable(type(exc).__name__)
 
-    def _rate(self, batch: "_Batch", client_ip: str) -> None:
-        batch.script("rate", [self.keys.ip_rate(client_ip)], RATE_WINDOW_MS)
+    def _rate(self, batch: "_Batch", source: str) -> None:
+        batch.script("rate", [self.keys.ip_rate(source)], RATE_WINDOW_MS)
 
-    def _check_ip_rate(self, reply: list) -> None:
+    def _check_ip_rate(self, reply: list | None) -> None:
+        if reply is None:  # Redis is full and refused the counter: reads go on, registrations stop elsewhere
+            return
         count, retry_ms = reply
         if count > self.limits.rate_limit_ip_per_minute:
             raise ApiError(ErrorCode.RATE_LIMITED,
@@ -150,39 +173,92 @@ class Store:
         except RedisError as exc:
             raise self._unavailable(exc) from None
 
-    async def register(self, reg: Registration, client_ip: str) -> tuple[int, bool]:
-        """Store `reg`, superseding the peer's registration in that namespace. -> (expiry ms, replaced)."""
+    async def count_request(self, source: str) -> None:
+        """Count a request against its source's rate limit, first of all (before its body is parsed)."""
+        [reply] = await self._pipeline(lambda batch: self._rate(batch, source), full_ok=(0,))
+        self._check_ip_rate(reply)
+
+    async def register(self, reg: Registration, source: str) -> tuple[int, bool, bool]:
+        """Store `reg`, superseding the peer's registration in that namespace (the request was counted
+        already). -> (expiry ms, replaced, evicted another source's registration to make room)."""
+        await self._check_memory()
         peer = self.keys.peer(reg.peer_id)
+        held = self.keys.held_by(source)
+        entry = _held_entry(reg.namespace, reg.public_key)
         ttl_ms = reg.ttl * 1000
 
         def admit(batch):
-            self._rate(batch, client_ip)
+            batch.script("hold", [held], entry, ttl_ms, self.limits.max_registrations_per_source)
             batch.script("admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
                          self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
                          reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
 
-        ip_reply, (status, detail) = await self._pipeline(admit)
-        reserved_new = status == b"ok" and detail == 1
+        hold, (status, detail) = await self._pipeline(admit)
+        undo = []
+        if hold == 2:
+            undo.append(("ZREM", held, entry))
+        if status == b"ok" and detail == 1:
+            undo.append(("ZREM", peer.namespaces, reg.namespace))
         try:
-            self._check_ip_rate(ip_reply)
             self._check_admission(status, detail)
+            if hold == 0:
+                raise ApiError(ErrorCode.SOURCE_QUOTA, f"this address holds its maximum of "
+                               f"{self.limits.max_registrations_per_source} live registrations; they expire with "
+                               f"their TTL", retry_after=STORE_FULL_RETRY_AFTER_S)
             ns = self.keys.namespace(reg.namespace)
 
             def write(batch):
                 batch.script("register", ns.all(), reg.public_key, record.encode(reg),
-                             ttl_ms, self.limits.max_peers_per_namespace)
-                # an index for the live-peers metric only: this replica's clock is close enough for it
-                batch.call("ZADD", self.keys.namespaces(), "GT", int(time.time() * 1000) + ttl_ms, reg.namespace)
+                             ttl_ms, self.limits.max_peers_per_namespace, source)
+                expires = int(time.time() * 1000) + ttl_ms  # for indexes only: this replica's clock will do
+                batch.call("ZADD", self.keys.namespaces(), "GT", expires, reg.namespace)  # live-peers metric
+                batch.call("ZADD", held, "XX", "GT", expires, entry)  # a renewal's quota place lasts as long
+                batch.call("PEXPIREAT", held, expires, "GT")
 
-            [(stored, expiry, replaced), _] = await self._pipeline(write)
+            [(stored, expiry, replaced, released), *_] = await self._pipeline(write)
             if not stored:
                 raise ApiError(ErrorCode.NAMESPACE_FULL, f"namespace {reg.namespace!r} holds its maximum of "
-                               f"{self.limits.max_peers_per_namespace} peers")
+                               f"{self.limits.max_peers_per_namespace} peers, and this address holds no fewer "
+                               f"than any other")
         except ApiError:
-            if reserved_new:
-                await self._release(peer.namespaces, reg.namespace)
+            if undo:
+                await self._undo(undo)
             raise
-        return expiry, bool(replaced)
+        pairs = list(zip(released[::2], released[1::2]))
+        await self._release_held(reg.namespace, pairs)
+        return expiry, bool(replaced), any(member != reg.public_key for _, member in pairs)
+
+    async def _release_held(self, namespace: str, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Drop the quota entries of registrations that left a namespace: (source, member) pairs."""
+        commands = [("ZREM", self.keys.held_by(source.decode()), _held_entry(namespace, member))
+                    for source, member in pairs if source]
+        if commands:
+            await self._undo(commands)
+
+    async def _check_memory(self) -> None:
+        """Refuse a registration once Redis's memory passes the high-water mark (read at most once a second
+        per replica), so Redis never fills up with registrations and never refuses the reads' counters."""
+        now = time.monotonic()
+        self._writes_since_check += 1
+        if self._watch_memory and (now - self._memory_checked >= MEMORY_CHECK_INTERVAL_S
+                                   or self._writes_since_check > MEMORY_CHECK_WRITES):
+            self._memory_checked, self._writes_since_check = now, 0
+            try:
+                self._memory_percent = memory_percent(await self.redis.execute([("INFO", "memory")]))
+            except RedisError as exc:
+                self._warnings.warning("memory", "store: cannot read Redis memory: %s", exc)
+        if self._memory_percent >= self.limits.redis_high_water_percent:
+            raise ApiError(ErrorCode.STORE_FULL, f"the registration store is {self._memory_percent:.0f}% full "
+                           f"(new registrations stop at {self.limits.redis_high_water_percent}%); discovery "
+                           f"goes on", retry_after=STORE_FULL_RETRY_AFTER_S)
+
+    async def writable(self) -> bool:
+        """Whether a registration would pass the high-water mark now (for /readyz)."""
+        try:
+            await self._check_memory()
+        except ApiError:
+            return False
+        return True
 
     def _check_admission(self, status: bytes, detail: int) -> None:
         if status == b"rate":
@@ -199,47 +275,42 @@ class Store:
         # a nonce must be remembered as long as its timestamp could still pass the window check
         return 2 * self.limits.timestamp_window * 1000 + 1000
 
-    async def _release(self, index_key: str, namespace: str) -> None:
+    async def _undo(self, commands: list[tuple]) -> None:
+        """Give back the places a refused registration reserved (in the source's quota, the peer's index)."""
         try:
-            await self.redis.execute([("ZREM", index_key, namespace)])
-        except RedisError as exc:  # the stale entry expires with the TTL it was reserved for
-            self._warnings.warning("release", "store: could not release a refused registration's index entry: %s",
-                                   exc)
+            await self.redis.execute(commands)
+        except RedisError as exc:  # the stale entries expire with the TTL they were reserved for
+            self._warnings.warning("release", "store: could not release a refused registration's places: %s", exc)
 
-    async def discover(self, namespace: str, cursor: str, limit: int, client_ip: str) -> Page:
+    async def discover(self, namespace: str, cursor: str, limit: int, source: str) -> Page:
         ns = self.keys.namespace(namespace)
 
         def read(batch):
-            self._rate(batch, client_ip)
+            self._rate(batch, source)
             batch.script("discover", ns.all(), cursor, limit)
 
-        ip_reply, reply = await self._pipeline(read)
+        ip_reply, reply = await self._pipeline(read, full_ok=(0,))
         self._check_ip_rate(ip_reply)
         now, new_cursor, more, *records = reply
         return Page(now, records, new_cursor.decode(), bool(more))
 
-    async def lookup(self, namespace: str, peer_id: str, client_ip: str) -> tuple[int, bytes | None]:
+    async def lookup(self, namespace: str, peer_id: str, source: str) -> tuple[int, bytes | None]:
         member = public_key_from_peer_id(peer_id)
 
         def read(batch):
-            self._rate(batch, client_ip)
+            self._rate(batch, source)
             batch.script("lookup", self.keys.namespace(namespace).all(), member)
 
-        ip_reply, (now, stored) = await self._pipeline(read)
+        ip_reply, (now, stored) = await self._pipeline(read, full_ok=(0,))
         self._check_ip_rate(ip_reply)
         return now, stored or None
 
-    async def admit_unregistration(self, peer_id: str, nonce: str, client_ip: str) -> None:
-        """Rate limits and replay check for a signed deregistration."""
+    async def admit_unregistration(self, peer_id: str, nonce: str) -> None:
+        """The peer's rate limit and the replay check for a deregistration (its request was counted already)."""
         peer = self.keys.peer(peer_id)
-
-        def admit(batch):
-            self._rate(batch, client_ip)
-            batch.script("admit", [peer.rate, peer.nonce(nonce), peer.namespaces],
-                         self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0)
-
-        ip_reply, (status, detail) = await self._pipeline(admit)
-        self._check_ip_rate(ip_reply)
+        [(status, detail)] = await self._pipeline(lambda batch: batch.script(
+            "admit", [peer.rate, peer.nonce(nonce), peer.namespaces], self.limits.rate_limit_peer_per_minute,
+            RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0))
         self._check_admission(status, detail)
 
     async def unregister(self, peer_id: str, namespace: str | None) -> list[str]:
@@ -260,7 +331,9 @@ class Store:
             batch.call("ZREM", index, *namespaces)
 
         *removed, _ = await self._pipeline(remove)
-        return [name for name, was_live in zip(namespaces, removed) if was_live]
+        for name, (_, source) in zip(namespaces, removed):
+            await self._release_held(name, [(source, member)])
+        return [name for name, (was_live, _) in zip(namespaces, removed) if was_live]
 
     async def live_namespaces(self, limit: int) -> list[str]:
         """Namespaces holding live registrations, in name order (this replica's clock decides "live")."""
@@ -282,6 +355,24 @@ class Store:
 
         counts = await self._pipeline(count)
         return dict(zip(names, counts))
+
+
+def _held_entry(namespace: str, member: bytes) -> bytes:
+    """A registration in its source's quota set: the namespace, a NUL (no namespace holds one), the member."""
+    return namespace.encode() + b"\0" + member
+
+
+def memory_percent(replies: list) -> float:
+    """Used memory as a percentage of maxmemory from an INFO memory reply (raw text from our connection, a
+    dict from redis-py, or a dict per node from a Cluster: the fullest node counts); 0 without maxmemory."""
+    [info] = replies
+    if isinstance(info, (bytes, str)):
+        text = info.decode() if isinstance(info, bytes) else info
+        info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    nodes = [info] if "used_memory" in info else [v for v in info.values() if isinstance(v, dict)]
+    percents = [100.0 * int(node["used_memory"]) / int(node["maxmemory"]) for node in nodes
+                if int(node.get("maxmemory", 0) or 0) > 0]
+    return max(percents, default=0.0)
 
 
 class _Batch:

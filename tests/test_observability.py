@@ -47,14 +47,16 @@ def spans() -> InMemorySpanExporter:
 
 async def test_rendezvous_metrics_move_with_registrations_and_redis_calls(redis_server, key_prefix):
     created = sample("rendezvous_registrations_total", outcome="created")
-    redis_calls = sample("rendezvous_redis_round_trip_seconds_count", operation="rate+admit")
+    counted = sample("rendezvous_redis_round_trip_seconds_count", operation="rate")
+    redis_calls = sample("rendezvous_redis_round_trip_seconds_count", operation="hold+admit")
     requests = sample("rendezvous_http_requests_total", route="/peers", method="POST", status="201")
     async with serve(make_settings(redis_server.url, key_prefix)) as http:
         response = await http.post("/peers", data=sign_registration(new_key(), "metrics", ["/ip4/1.2.3.4/tcp/1"], 60))
         assert response.status == 201
         metrics_text = await (await http.get("/metrics")).text()
     assert sample("rendezvous_registrations_total", outcome="created") == created + 1
-    assert sample("rendezvous_redis_round_trip_seconds_count", operation="rate+admit") == redis_calls + 1
+    assert sample("rendezvous_redis_round_trip_seconds_count", operation="rate") == counted + 1
+    assert sample("rendezvous_redis_round_trip_seconds_count", operation="hold+admit") == redis_calls + 1
     assert sample("rendezvous_http_requests_total", route="/peers", method="POST", status="201") == requests + 1
     assert 'rendezvous_live_peers{namespace="metrics"} 1.0' in metrics_text
 
@@ -165,7 +167,8 @@ def test_one_trace_spans_a_worker_registration_and_the_rendezvous(tmp_path, span
     assert server and server[0]["trace_id"] == trace_id and server[0]["parent_id"] == http_span
     assert server[0]["kind"] == "SERVER" and server[0]["attributes"]["http.response.status_code"] == 201
     redis = [s for s in theirs if s["name"].startswith("redis ") and s["trace_id"] == trace_id]
-    assert {s["parent_id"] for s in redis} == {server[0]["span_id"]} and len(redis) == 2  # admit, then write
+    # counted first, then the source's quota and the peer admitted, then the namespace written
+    assert {s["parent_id"] for s in redis} == {server[0]["span_id"]} and len(redis) == 3
 
 
 def test_a_worker_log_line_inside_a_span_carries_it_and_one_outside_does_not(spans):

@@ -63,7 +63,8 @@ def client_ip(request: web.Request) -> str:
 
 
 async def register(request: web.Request) -> web.Response:
-    registered = await request.app[REGISTRY].register_signed(await read_body(request), client_ip(request))
+    # the body is read only once the request is counted against its address (count first, parse second)
+    registered = await request.app[REGISTRY].register_signed(lambda: read_body(request), client_ip(request))
     reg = registered.registration
     return web.json_response({"ID": reg.peer_id, "Namespace": reg.namespace, "TTL": reg.ttl,
                               "ExpiresAt": registered.expiry_ms}, status=200 if registered.renewed else 201)
@@ -103,11 +104,7 @@ async def deregister(request: web.Request) -> web.Response:
         removed = await registry.unregister_by_admin(request.headers["Authorization"], peer_id,
                                                      request.query.get("namespace"))
     else:
-        body = await read_body(request)
-        if not body:
-            raise ApiError(ErrorCode.UNAUTHORIZED, "deregistration needs a signed request from the peer, "
-                           "or an operator's admin token in 'Authorization: Bearer'")
-        removed = await registry.unregister_signed(body, peer_id, client_ip(request))
+        removed = await registry.unregister_signed(lambda: read_body(request), peer_id, client_ip(request))
     if not removed:
         raise ApiError(ErrorCode.NOT_FOUND, f"peer {peer_id} has no live registration to remove")
     return web.json_response({"ID": peer_id, "Removed": removed})
@@ -118,8 +115,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    await request.app[REGISTRY].store.ping()
-    return web.json_response({"status": "ready", "store": "embedded" if request.app[SETTINGS].embedded else "redis"})
+    """200 while Redis answers (reads work), saying whether registrations are taken too: a store past its
+    high-water mark is still ready to serve discovery."""
+    store = request.app[REGISTRY].store
+    await store.ping()
+    return web.json_response({"status": "ready", "store": "embedded" if request.app[SETTINGS].embedded else "redis",
+                              "read": True, "write": await store.writable()})
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

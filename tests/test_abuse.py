@@ -1,0 +1,163 @@
+"""A public rendezvous that no attacker can fill, lock or starve: quotas per source, a fair share of a full
+namespace, bounded registrations, a high-water mark on Redis memory that keeps reads alive, and requests
+counted before they are parsed. Each attack here is played from several source addresses (X-Forwarded-For
+behind one trusted proxy), against a real redis-server."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import redis as redis_sync
+
+from rendezvous import rules
+from shared.registration import sign_registration, sign_unregistration
+from tests.helpers import new_key, peer_id, registration_payload, signed_payload
+from tests.servers import RedisServer, make_settings, serve
+
+
+def settings(url: str, prefix: str, **limits):
+    return dataclasses.replace(make_settings(url, prefix, **limits), trusted_proxy_hops=1)
+
+
+def source(n: int) -> dict[str, str]:
+    return {"X-Forwarded-For": f"203.0.113.{n}"}
+
+
+async def register(http, key, namespace="default", headers=None, addrs=("/ip4/198.51.100.1/tcp/4001",)):
+    return await http.post("/peers", data=sign_registration(key, namespace, list(addrs), 60), headers=headers)
+
+
+async def listed(http, namespace="default") -> set[str]:
+    page = await (await http.get("/peers", params={"namespace": namespace, "limit": 1000})).json()
+    return {p["ID"] for p in page["Peers"]}
+
+
+@pytest.mark.parametrize("address, counted_as", [
+    ("198.51.100.7", "198.51.100.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"), ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"), ("::ffff:198.51.100.7", "198.51.100.7"), ("junk", "unknown"),
+])
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64(address, counted_as):
+    assert rules.source(address) == counted_as
+
+
+async def test_a_source_holds_at_most_its_quota_and_gets_it_back_when_it_leaves(redis_server, key_prefix):
+    async with serve(settings(redis_server.url, key_prefix, max_registrations_per_source=3)) as http:
+        keys = [new_key() for _ in range(4)]
+        for key in keys[:3]:
+            assert (await register(http, key, headers=source(1))).status == 201
+        refused = await register(http, keys[3], headers=source(1))
+        assert refused.status == 429 and (await refused.json())["error"] == "source_quota"
+        assert "Retry-After" in refused.headers
+        assert (await register(http, keys[0], headers=source(1))).status == 200  # a renewal is no new place
+        assert (await register(http, keys[3], headers=source(2))).status == 201  # another source is not held
+        gone = await http.delete(f"/peers/{peer_id(keys[0])}", data=sign_unregistration(keys[0]), headers=source(1))
+        assert gone.status == 200
+        assert (await register(http, new_key(), headers=source(1))).status == 201
+
+
+async def test_a_full_namespace_admits_a_new_source_by_refusing_the_largest_holder(redis_server, key_prefix):
+    async with serve(settings(redis_server.url, key_prefix, max_peers_per_namespace=10)) as http:
+        attacker = [new_key() for _ in range(10)]
+        for key in attacker:
+            assert (await register(http, key, headers=source(66))).status == 201
+        more = await register(http, new_key(), headers=source(66))
+        assert more.status == 507 and (await more.json())["error"] == "namespace_full"
+        legit = new_key()
+        assert (await register(http, legit, headers=source(7))).status == 201
+        names = await listed(http)
+        assert peer_id(legit) in names and len(names) == 10
+        assert peer_id(attacker[0]) not in names  # the attacker's oldest made room
+        # shares even out, then first come holds: 5 and 5, and neither may push the other further
+        for _ in range(4):
+            assert (await register(http, new_key(), headers=source(7))).status == 201
+        assert (await register(http, new_key(), headers=source(7))).status == 507
+        assert (await register(http, new_key(), headers=source(66))).status == 507
+        assert len(await listed(http)) == 10
+
+
+async def test_an_attacker_with_k_sources_holds_at_most_its_share(redis_server, key_prefix):
+    """K attacker sources fill the namespace first; a new source still gets in, repeatedly, until every source
+    holds about cap / (K + 1)."""
+    cap, k = 12, 3
+    async with serve(settings(redis_server.url, key_prefix, max_peers_per_namespace=cap)) as http:
+        for n in range(cap):
+            assert (await register(http, new_key(), headers=source(100 + n % k))).status == 201
+        admitted = 0
+        while (await register(http, new_key(), headers=source(9))).status == 201:
+            admitted += 1
+        assert admitted == cap // (k + 1)
+
+
+async def test_a_registration_is_bounded_in_bytes(redis_server, key_prefix):
+    async with serve(settings(redis_server.url, key_prefix, max_registration_bytes=512)) as http:
+        small = await register(http, new_key(), addrs=[f"/ip4/198.51.100.{i}/tcp/4001" for i in range(8)])
+        assert small.status == 201
+        big = await register(http, new_key(), addrs=[f"/dns4/{'x' * 40}{i}.example.com/tcp/4001" for i in range(12)])
+        assert big.status == 400 and (await big.json())["error"] == "registration_too_large"
+
+
+async def test_a_request_is_counted_before_its_body_is_parsed(redis_server, key_prefix):
+    async with serve(settings(redis_server.url, key_prefix, rate_limit_ip_per_minute=3)) as http:
+        bad = signed_payload(new_key(), registration_payload(new_key()))  # signed by another key than it names
+        for _ in range(3):
+            assert (await http.post("/peers", data=bad, headers=source(5))).status == 400
+        counted = await http.post("/peers", data=bad, headers=source(5))
+        assert counted.status == 429 and (await counted.json())["error"] == "rate_limited"
+        assert (await http.post("/peers", data=b"junk", headers=source(5))).status == 429
+
+
+async def test_a_filling_redis_stops_registrations_at_the_high_water_mark_and_reads_go_on(key_prefix):
+    server = RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "noeviction").start()
+    try:
+        client = redis_sync.Redis(port=server.port)
+        used_at_start = int(client.info("memory")["used_memory"])
+        high_water = min(95, 100 * used_at_start // (4 << 20) + 15)  # ~600 KB above what an empty Redis uses
+        async with serve(settings(server.url, key_prefix, redis_high_water_percent=high_water,
+                                  max_registrations_per_source=10**6)) as http:
+            key, codes = new_key(), []
+            assert (await register(http, key, namespace="kept")).status == 201
+            addrs = [f"/dns4/{'h' * 60}{i}.example.com/tcp/4001" for i in range(16)]
+            for n in range(3000):
+                response = await register(http, new_key(), namespace="filler", headers=source(n % 200),
+                                          addrs=addrs)
+                codes.append(response.status)
+                if response.status != 201:
+                    assert response.status == 507 and (await response.json())["error"] == "store_full"
+                    break
+            assert codes[-1] == 507, "the high-water mark was never reached"
+            info = client.info("memory")
+            assert int(info["used_memory"]) < int(info["maxmemory"])  # Redis itself never refused a write
+            assert peer_id(key) in await listed(http, "kept")  # reads go on, and nothing stored was lost
+            ready = await http.get("/readyz")
+            assert ready.status == 200 and (await ready.json())["write"] is False
+            assert (await http.get(f"/peers/{peer_id(key)}", params={"namespace": "kept"})).status == 200
+    finally:
+        server.stop()
+
+
+async def test_a_redis_that_is_full_anyway_still_answers_reads(key_prefix):
+    """Something else filled Redis to maxmemory: registrations get 503, discovery still answers (the rate
+    counter's refused write is let go)."""
+    server = RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "noeviction").start()
+    try:
+        client = redis_sync.Redis(port=server.port)
+        async with serve(settings(server.url, key_prefix, redis_high_water_percent=100)) as http:
+            key = new_key()
+            assert (await register(http, key)).status == 201
+            junk = 0
+            for size in (65536, 1024, 16):  # fill to the brim from outside the service
+                while True:
+                    try:
+                        client.set(f"junk:{junk}", b"x" * size)
+                        junk += 1
+                    except redis_sync.exceptions.ResponseError:
+                        break
+            refused = await register(http, new_key(), headers=source(3))
+            assert refused.status == 503
+            for n in range(5):  # fresh rate counters for new sources cannot be written: reads answer anyway
+                answer = await http.get("/peers", headers=source(50 + n))
+                assert answer.status == 200
+            assert peer_id(key) in await listed(http)
+    finally:
+        server.stop()
