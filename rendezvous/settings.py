@@ -34,6 +34,9 @@ class Limits:
     rate_limit_peer_per_minute: int = 60
     discover_limit_default: int = 100
     discover_limit_max: int = 1000
+    max_registration_bytes: int = 2048
+    max_registrations_per_source: int = 10_000
+    redis_high_water_percent: int = 80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,12 @@ OPTIONS = [
            "signed requests per peer per minute"),
     _limit("--discover-limit-default", "DISCOVER_LIMIT_DEFAULT", 1, 10_000, "page size when none is asked"),
     _limit("--discover-limit-max", "DISCOVER_LIMIT_MAX", 1, 10_000, "largest page size"),
+    _limit("--max-registration-bytes", "MAX_REGISTRATION_BYTES", 256, 65_536,
+           "bytes one stored registration may take (its peer object: ID, addresses, signed peer record)"),
+    _limit("--max-registrations-per-source", "MAX_REGISTRATIONS_PER_SOURCE", 1, 100_000_000,
+           "live registrations one source (an IPv4 address, an IPv6 /64) may hold, all namespaces together"),
+    _limit("--redis-high-water-percent", "REDIS_HIGH_WATER_PERCENT", 1, 100,
+           "share of Redis's maxmemory past which registrations are refused (507 store_full) while reads go on"),
     Option("--libp2p-tcp-port", "LIBP2P_TCP_PORT", port_or_off, None,
            "serve the libp2p rendezvous protocol (/rendezvous/1.0.0) on this TCP port too; unset: off"),
     Option("--libp2p-host", "LIBP2P_HOST", text, "0.0.0.0", "address the libp2p door listens on"),
