@@ -15,7 +15,6 @@ import asyncio
 import collections
 import logging
 import ssl
-import time
 from typing import Any, Sequence
 
 import hiredis
@@ -25,32 +24,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.logs import RepeatedWarnings
+
 log = logging.getLogger(__name__)
 
 Command = Sequence[Any]  # ("EVALSHA", sha, 3, key, ...): str, bytes and int arguments
-
-
-class RepeatedWarnings:
-    """Warnings that repeat with every request while Redis is away (thousands a second), logged at most once
-    per `interval` seconds per kind, each line saying how many were held back since the last one. The
-    metrics still count every failure."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 1.0):
-        self.logger = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._held: collections.Counter[str] = collections.Counter()
-
-    def warning(self, kind: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -self.interval) < self.interval:
-            self._held[kind] += 1
-            return
-        self._last[kind] = now
-        held = self._held.pop(kind, 0)
-        if held:
-            message, args = message + " (%d more like it held back)", (*args, held)
-        self.logger.warning(message, *args, stacklevel=2)  # the line names the caller, not this helper
 
 
 def _encode(arg: Any) -> bytes:

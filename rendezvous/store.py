@@ -24,11 +24,12 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from opentelemetry.trace import SpanKind
 
 from rendezvous import lua, metrics, record
-from rendezvous.connection import RedisPyBackend, RepeatedWarnings, RespConnection
+from rendezvous.connection import RedisPyBackend, RespConnection
 from rendezvous.keys import KeySchema
 from rendezvous.record import Registration
 from rendezvous.settings import Limits, Settings
 from shared import tracing
+from shared.logs import RepeatedWarnings
 from shared.envelope import public_key_from_peer_id
 from shared.errors import ApiError, ErrorCode
 

@@ -9,6 +9,8 @@ import enum
 
 class ErrorCode(enum.Enum):
     # value = (stable code sent to clients, HTTP status)
+    BAD_REQUEST = ("bad_request", 400)  # not valid HTTP/1.1 (aiohttp's parser refused it)
+    REQUEST_TIMEOUT = ("request_timeout", 408)  # the body did not arrive within BODY_READ_TIMEOUT_SECONDS
     BODY_TOO_LARGE = ("body_too_large", 413)
     BAD_ENVELOPE = ("bad_envelope", 400)
     UNSUPPORTED_KEY_TYPE = ("unsupported_key_type", 400)

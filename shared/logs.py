@@ -8,10 +8,13 @@ in normal operation is demoted to DEBUG so a real error stands out.
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import logging
 import sys
+import time
+from typing import Any
 
 from shared import tracing
 from shared.settings import Observability
@@ -51,6 +54,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class RepeatedWarnings:
+    """Warnings that repeat with every request while Redis is away (thousands a second), logged at most once
+    per `interval` seconds per kind, each line saying how many were held back since the last one. The
+    metrics still count every failure."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0):
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            self._held[kind] += 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            message, args = message + " (%d more like it held back)", (*args, held)
+        self.logger.warning(message, *args, stacklevel=2)  # the line names the caller, not this helper
 
 
 class _DemoteRoutine(logging.Filter):

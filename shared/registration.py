@@ -26,7 +26,7 @@ SPEC_MAX_TTL_SECONDS = 72 * 3600
 MAX_NAMESPACE_BYTES = 255
 
 # `{` and `}` are left out so a namespace can sit inside a Redis Cluster hash tag (rendezvous/keys.py).
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9._~:/@+=-]+")
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9._~:/@+=-]+")
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_JSON_DEPTH = 8  # a payload is an object of scalars and one list: anything deeper is not ours
 
@@ -37,7 +37,7 @@ def namespace_problem(namespace: object) -> str | None:
         return "a namespace must be a non-empty string"
     if len(namespace.encode()) > MAX_NAMESPACE_BYTES:
         return f"a namespace may be at most {MAX_NAMESPACE_BYTES} bytes"
-    if not _NAMESPACE_RE.fullmatch(namespace):
+    if not NAMESPACE_RE.fullmatch(namespace):
         return "a namespace may hold only letters, digits and . _ ~ : / @ + = -"
     return None
 

@@ -42,11 +42,11 @@ def error_response(exc: ApiError) -> web.Response:
     return web.json_response(exc.body(), status=exc.kind.status, headers=headers)
 
 
-def _door_refusal(refusal: tuple[str, int], message: str) -> web.Response:
-    """A refusal with a code shared/errors.py does not have yet (routes.DOOR_ERRORS), in the same JSON shape;
-    the connection is closed after it, since the request's bytes can no longer be trusted or waited for."""
-    code, status = refusal
-    response = web.json_response({"error": code, "message": message}, status=status, headers=CORS_HEADERS)
+def _refuse_and_close(exc: ApiError) -> web.Response:
+    """A refusal after which the connection is closed: the request's bytes can no longer be trusted or
+    waited for."""
+    response = error_response(exc)
+    response.headers.update(CORS_HEADERS)
     response.force_close()
     return response
 
@@ -54,7 +54,8 @@ def _door_refusal(refusal: tuple[str, int], message: str) -> web.Response:
 def _http_error_response(exc: web.HTTPException, request: web.Request) -> web.Response:
     if isinstance(exc, web.HTTPRequestTimeout):
         limit = request.app[routes.SETTINGS].limits.body_read_timeout
-        return _door_refusal(routes.REQUEST_TIMEOUT, f"the request body did not arrive within {limit} s")
+        return _refuse_and_close(ApiError(ErrorCode.REQUEST_TIMEOUT,
+                                          f"the request body did not arrive within {limit} s"))
     response = error_response(_as_api_error(exc, request))
     if isinstance(exc, web.HTTPMethodNotAllowed):
         # RFC 9110 15.5.6: a 405 must list what the resource takes; OPTIONS is answered on every path (above)
@@ -86,7 +87,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
                              "http.response.status_code": response.status})
     metrics.HTTP_REQUESTS.labels(route, request.method, response.status).inc()
     metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
-    if response.status == routes.REQUEST_TIMEOUT[1]:
+    if response.status == ErrorCode.REQUEST_TIMEOUT.status:
         await _send_and_hang_up(request, response)
     return response
 
@@ -139,7 +140,7 @@ class _DoorProtocol(RequestHandler):
             raise ConnectionError("an answer was already under way")
         metrics.HTTP_REQUESTS.labels("unparsed", "UNKNOWN", status).inc()
         first_line = str(exc.message).splitlines()[0][:120].rstrip(":") if exc.message else "unparsable"
-        return _door_refusal(routes.BAD_REQUEST, f"the request is not valid HTTP/1.1: {first_line}")
+        return _refuse_and_close(ApiError(ErrorCode.BAD_REQUEST, f"the request is not valid HTTP/1.1: {first_line}"))
 
 
 class _DoorServer(web.Server):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from rendezvous.settings import Settings
 from shared.errors import ErrorCode
-from shared.registration import _NAMESPACE_RE, MAX_NAMESPACE_BYTES
+from shared.registration import MAX_NAMESPACE_BYTES, NAMESPACE_RE
 
 # An Ed25519 peer ID (the only key type the service takes, shared/envelope.py): the identity multihash of
 # the 36-byte protobuf key, 38 bytes with a leading zero, in base58btc: always 12D3KooW and 44 more, 52 in all.
 PEER_ID_PATTERN = "^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$"
 COOKIE_PATTERN = "^[A-Za-z0-9_-]+$"  # base64url without padding (rendezvous/cookie.py)
-NAMESPACE_PATTERN = f"^{_NAMESPACE_RE.pattern}$"  # the one namespace rule (shared/registration.py)
+NAMESPACE_PATTERN = f"^{NAMESPACE_RE.pattern}$"  # the one namespace rule (shared/registration.py)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -19,11 +19,10 @@ def _json(schema: str) -> dict:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
-def document(settings: Settings, door_errors: tuple[tuple[str, int], ...] = ()) -> dict:
-    """The description of a server with these settings; `door_errors` are the HTTP door's own (code, status)
-    refusals that shared/errors.py has no ErrorCode for (routes.DOOR_ERRORS)."""
+def document(settings: Settings) -> dict:
+    """The description of a server with these settings."""
     limits = settings.limits
-    codes = [(kind.code, kind.status) for kind in ErrorCode] + list(door_errors)
+    codes = [(kind.code, kind.status) for kind in ErrorCode]
 
     def errors(*statuses: int) -> dict:
         return {str(status): {"description": ", ".join(code for code, s in codes if s == status),

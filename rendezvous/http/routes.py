@@ -25,12 +25,6 @@ NDJSON = "application/x-ndjson"
 COOKIE_HEADER = "X-Rendezvous-Cookie"
 MORE_HEADER = "X-Rendezvous-More"
 
-# Refusals of the HTTP door itself that shared/errors.py has no ErrorCode for yet, as (code, status); app.py
-# answers them in the same JSON shape. They belong in ErrorCode (BAD_REQUEST, REQUEST_TIMEOUT).
-BAD_REQUEST = ("bad_request", 400)  # aiohttp's parser refused the request: a NUL in a header, a bad request line
-REQUEST_TIMEOUT = ("request_timeout", 408)  # the body did not arrive within BODY_READ_TIMEOUT_SECONDS
-DOOR_ERRORS = (BAD_REQUEST, REQUEST_TIMEOUT)
-
 
 class ClientGone(Exception):
     """The client closed its connection before its request was read: nobody is left to answer."""
@@ -132,7 +126,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document.document(request.app[SETTINGS], DOOR_ERRORS))
+    return web.json_response(openapi_document.document(request.app[SETTINGS]))
 
 
 def add_routes(app: web.Application) -> None:
