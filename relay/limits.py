@@ -51,7 +51,7 @@ class LimitedResourceManager(RelayResourceManager):
         ttl = super().reserve(peer_id)
         self._ip_of[peer_id] = remote_ip(self.host, peer_id)
         metrics.RESERVATIONS.labels("accepted", "").inc()
-        metrics.RESERVATIONS_ACTIVE.set(len(self._reservations))
+        metrics.ACTIVE_RESERVATIONS.set(len(self._reservations))
         log.info("reservation accepted", extra={"peer": str(peer_id), "ip": self._ip_of[peer_id], "ttl": ttl})
         return ttl
 
@@ -69,7 +69,7 @@ class LimitedResourceManager(RelayResourceManager):
             del self._reservations[peer_id]
         for peer_id in [pid for pid in self._ip_of if pid not in self._reservations]:
             del self._ip_of[peer_id]
-        metrics.RESERVATIONS_ACTIVE.set(len(self._reservations))
+        metrics.ACTIVE_RESERVATIONS.set(len(self._reservations))
 
     def _refuse(self, peer_id: ID, reason: str) -> bool:
         metrics.RESERVATIONS.labels("refused", reason).inc()

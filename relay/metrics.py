@@ -1,7 +1,7 @@
 """The relay's Prometheus metrics, named relay_<thing>_<unit>."""
 from prometheus_client import Counter, Gauge
 
-RESERVATIONS_ACTIVE = Gauge("relay_reservations_active", "Reservations currently held")
+ACTIVE_RESERVATIONS = Gauge("relay_active_reservations", "Reservations currently held")
 RESERVATIONS = Counter("relay_reservations_total", "Reservation requests, by outcome (accepted, refused)",
                        ["outcome", "reason"])
 CIRCUITS = Counter("relay_circuits_total", "Relayed connection requests, by outcome", ["outcome"])

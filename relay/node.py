@@ -80,7 +80,7 @@ class Relay:
 
     async def _sample_gauges(self) -> None:
         while True:
-            metrics.RESERVATIONS_ACTIVE.set(self.protocol.resource_manager.active())
+            metrics.ACTIVE_RESERVATIONS.set(self.protocol.resource_manager.active())
             metrics.CONNECTED_PEERS.set(len(self.host.get_network().connections))
             await trio.sleep(5)
 

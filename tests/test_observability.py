@@ -218,9 +218,6 @@ def test_rendezvous_log_lines_parse_and_carry_the_request_trace(tmp_path):
 # what a metric's last word may be: a counter counts (_total), a histogram measures in a base unit, and a
 # gauge says what it holds, in the plural
 UNITS = {"counter": {"total"}, "histogram": {"seconds", "bytes"}, "gauge": {"peers", "reservations"}}
-# named before this rule was checked; each is renamed in its role's metrics.py, the dashboards and the README
-# together, and then leaves this list (the test fails while a listed name passes)
-RENAME_PENDING = {"relay_reservations_active": "relay_active_reservations"}
 
 
 def test_metric_names_follow_role_thing_unit():
@@ -236,7 +233,7 @@ def test_metric_names_follow_role_thing_unit():
             return f"{name}: a {kind} ends in one of {sorted(UNITS[kind])}"
         return None
 
-    problems, pending = [], []
+    problems = []
     for module, role in ((rendezvous.metrics, "rendezvous"), (worker.metrics, "worker"), (relay.metrics, "relay")):
         metrics = [m for m in vars(module).values() if hasattr(m, "_name") and hasattr(m, "_documentation")]
         assert metrics, module
@@ -244,14 +241,8 @@ def test_metric_names_follow_role_thing_unit():
             kind = metric._type
             # prometheus_client keeps a counter's name without its _total; the exposed name has it
             name = f"{metric._name}_total" if kind == "counter" else metric._name
-            if name in RENAME_PENDING:
-                pending.append((name, problem(role, kind, name)))
-                problems.append((name, problem(role, kind, RENAME_PENDING[name])))  # the new name must pass
-            else:
-                problems.append((name, problem(role, kind, name)))
-    assert [p for _, p in problems if p] == []
-    assert [name for name, p in pending if p is None] == [], "renamed: take it off RENAME_PENDING"
-    assert sorted(name for name, _ in pending) == sorted(RENAME_PENDING)
+            problems.append(problem(role, kind, name))
+    assert [p for p in problems if p] == []
 
 
 @pytest.mark.parametrize("filename", ["grafana.json", "cloud-monitoring.json"])
