@@ -11,7 +11,7 @@ from redis.asyncio.connection import parse_url
 
 from shared.registration import SPEC_MAX_TTL_SECONDS
 from shared.settings import (OBSERVABILITY_OPTIONS, ConfigError, Observability, Option, boolean, comma_list, integer,
-                             namespace, observability, optional_text, parse_options, port, port_or_off, problem, text)
+                             namespace, observability, optional_text, parse_options, peer_ids, port, port_or_off, problem, text)
 
 COOKIE_KEY_MIN_CHARS = 32
 ADMIN_TOKEN_MIN_CHARS = 16
@@ -60,6 +60,7 @@ class Settings:
     web_dir: str = WEB_DIR
     demo_namespace: str = "browser-demo"
     relay_namespace: str = "relays"
+    relay_peer_ids: tuple[str, ...] | None = ()  # None: any relay registered in relay_namespace
     demo_relay_addrs: tuple[str, ...] = ()
     demo_ice_servers: tuple[str, ...] = ()
     observability: Observability = dataclasses.field(default_factory=Observability)
@@ -158,6 +159,9 @@ OPTIONS = [
     Option("--demo-namespace", "DEMO_NAMESPACE", namespace, "browser-demo", "the demo page's namespace"),
     Option("--relay-namespace", "RELAY_NAMESPACE", namespace, "relays",
            "where relays register; the demo page's relays come from there"),
+    Option("--relay-peer-ids", "RELAY_PEER_IDS", peer_ids, "",
+           "comma-separated peer IDs of the relays the demo page may be given from RELAY_NAMESPACE ('*': any; "
+           "empty: none, only DEMO_RELAY_ADDRS): anyone can register there"),
     Option("--demo-relay-addrs", "DEMO_RELAY_ADDRS", comma_list, "",
            "comma-separated relay WebSocket multiaddrs for the page, instead of the registered ones"),
     Option("--demo-ice-servers", "DEMO_ICE_SERVERS", comma_list, "", "comma-separated ICE server URLs for the page"),

@@ -132,6 +132,17 @@ def multiaddrs(value: str) -> tuple[str, ...]:
     return addrs
 
 
+def peer_ids(value: str) -> tuple[str, ...] | None:
+    """A comma-separated allow-list of peer IDs; '*' (None) allows any."""
+    if value.strip() == "*":
+        return None
+    ids = comma_list(value)
+    for peer_id in ids:
+        if not peer_id.startswith(("12D3KooW", "Qm")) or not peer_id.isalnum():
+            raise ValueError(f"{peer_id[:60]!r} is not a peer ID")
+    return ids
+
+
 # --- what every role reads: logs and traces ----------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

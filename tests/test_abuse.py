@@ -161,3 +161,22 @@ async def test_a_redis_that_is_full_anyway_still_answers_reads(key_prefix):
             assert peer_id(key) in await listed(http)
     finally:
         server.stop()
+
+
+async def test_strangers_registering_relays_do_not_reach_the_demo_page(redis_server, key_prefix):
+    """Twenty fake relays with long TTLs, one a ws:// host on a LAN: the page is given only the relay whose
+    peer ID the rendezvous trusts, and nothing when it trusts none."""
+    relay = new_key()
+    fakes = [new_key() for _ in range(20)]
+    base = settings(redis_server.url, key_prefix)
+    trusting = dataclasses.replace(base, relay_peer_ids=(peer_id(relay),))
+    async with serve(trusting) as http:
+        for n, fake in enumerate(fakes):
+            body = sign_registration(fake, "relays", [f"/ip4/192.168.1.{n + 1}/tcp/80/ws"], 72 * 3600)
+            assert (await http.post("/peers", data=body, headers=source(n))).status == 201
+        body = sign_registration(relay, "relays", ["/dns4/relay.example.com/tcp/443/wss"], 120)
+        assert (await http.post("/peers", data=body, headers=source(99))).status == 201
+        config = await (await http.get("/demo/config")).json()
+        assert config["relays"] == [f"/dns4/relay.example.com/tcp/443/wss/p2p/{peer_id(relay)}"]
+    async with serve(base) as http:  # trusting none (the default): only DEMO_RELAY_ADDRS would be given
+        assert (await (await http.get("/demo/config")).json())["relays"] == []

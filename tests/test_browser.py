@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.servers import free_port
+from shared.identity import load_identity
 from tests.p2p import BIN, rendezvous_process
 
 WEB = pathlib.Path(__file__).resolve().parents[1] / "web"
@@ -63,8 +64,10 @@ def wait_for(url: str, check, timeout: float = 20.0):
 
 @pytest.fixture
 def stack(tmp_path):
-    """The rendezvous (serving the page) and a relay that registers its WebSocket address there."""
-    with rendezvous_process() as url:
+    """The rendezvous (serving the page) and a relay that registers its WebSocket address there; the page is
+    given that relay because the rendezvous trusts its peer ID (a stranger registering a relay would not be)."""
+    relay_identity = load_identity(None, str(tmp_path / "relay.key"))
+    with rendezvous_process({"RELAY_PEER_IDS": str(relay_identity.peer_id)}) as url:
         relay_http = free_port()
         relay = Process("relay", {"IDENTITY_FILE": str(tmp_path / "relay.key"), "LISTEN_HOST": "127.0.0.1",
                                   "TCP_PORT": str(free_port()), "WS_PORT": str(free_port()), "QUIC_PORT": "off",

@@ -8,7 +8,7 @@ from typing import Sequence
 from shared.host import ListenPlan
 from worker.dialable import DialScope, parse_scope
 from shared.settings import (OBSERVABILITY_OPTIONS, Observability, Option, boolean, comma_list, http_url, multiaddrs, namespace,
-                             observability, parse_options, port_or_off, positive_float, positive_int)
+                             observability, parse_options, peer_ids, port_or_off, positive_float, positive_int)
 
 
 def connect_policy(text: str) -> int | None:
@@ -25,16 +25,6 @@ def networks(text: str) -> tuple[ipaddress.IPv4Network, ...]:
         return tuple(ipaddress.IPv4Network(part) for part in comma_list(text))
     except ValueError as exc:
         raise ValueError(f"not a list of IPv4 networks ({exc})") from None
-
-
-def peer_ids(text: str) -> tuple[str, ...] | None:
-    if text.strip() == "*":
-        return None
-    ids = comma_list(text)
-    for peer_id in ids:
-        if not peer_id.startswith(("12D3KooW", "Qm")) or not peer_id.isalnum():
-            raise ValueError(f"{peer_id[:60]!r} is not a peer ID")
-    return ids
 
 
 OPTIONS = [

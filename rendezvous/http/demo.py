@@ -47,15 +47,22 @@ def _file(path: pathlib.Path, content_type: str) -> web.StreamResponse:
 
 async def config(request: web.Request) -> web.Response:
     settings = request.app[routes.SETTINGS]
-    relays = list(settings.demo_relay_addrs) or await _registered_ws_relays(request, settings.relay_namespace)
+    relays = list(settings.demo_relay_addrs) or await _registered_ws_relays(request)
     return web.json_response({"namespace": settings.demo_namespace, "relays": relays,
                               "iceServers": [{"urls": url} for url in settings.demo_ice_servers]})
 
 
-async def _registered_ws_relays(request: web.Request, namespace: str) -> list[str]:
-    found = await request.app[routes.REGISTRY].discover(namespace, None, 20, routes.client_ip(request))
+async def _registered_ws_relays(request: web.Request) -> list[str]:
+    """The WebSocket addresses of relays registered in RELAY_NAMESPACE that RELAY_PEER_IDS trusts: anyone can
+    register there, so the trusted ones are looked up by ID, and no number of strangers pushes them out."""
+    settings, registry, ip = request.app[routes.SETTINGS], request.app[routes.REGISTRY], routes.client_ip(request)
+    if settings.relay_peer_ids is None:
+        records = [stored for _, stored in (await registry.discover(settings.relay_namespace, None, 20, ip)).records]
+    else:
+        records = [stored for peer in settings.relay_peer_ids
+                   if (stored := (await registry.lookup(settings.relay_namespace, peer, ip))[1]) is not None]
     addrs = []
-    for _, stored in found.records:
+    for stored in records:
         peer = record.peer_fields(stored)
         addrs += [f"{addr}/p2p/{peer['ID']}" for addr in peer["Addrs"] if "/ws" in addr and "/p2p/" not in addr]
     return addrs
