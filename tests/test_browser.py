@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import httpx
@@ -85,16 +86,34 @@ def relay_tcp_addr(relay_http: int) -> str:
     return next(a for a in status["multiaddrs"] if "/ws" not in a and "/tcp/" in a)
 
 
-def run_browsers(url: str, shots: pathlib.Path, mode: str = "pair") -> dict:
+@pytest.fixture
+def node_tmp():
+    """The harness's own temporary directory (TMPDIR), to see what it leaves there; short, since Chromium puts
+    a socket in it and a socket's path is limited to 107 bytes."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="hp-browser-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def browser_env(node_tmp: pathlib.Path) -> dict[str, str]:
+    return {**os.environ, "CHROMIUM": CHROMIUM, "TMPDIR": str(node_tmp)}
+
+
+def profiles_left(node_tmp: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in node_tmp.glob("hp-*"))
+
+
+def run_browsers(url: str, shots: pathlib.Path, node_tmp: pathlib.Path, mode: str = "pair") -> dict:
     result = subprocess.run(["node", "test/e2e.mjs", f"{url}/", str(shots), mode], cwd=WEB, capture_output=True,
-                            text=True, timeout=180, env={**os.environ, "CHROMIUM": CHROMIUM})
+                            text=True, timeout=180, env=browser_env(node_tmp))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert profiles_left(node_tmp) == []  # each browser's profile directory is removed on the way out
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_path):
+def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_path, node_tmp):
     url, _ = stack
-    outcome = run_browsers(url, tmp_path)
+    outcome = run_browsers(url, tmp_path, node_tmp)
     assert outcome["path"] == "direct WebRTC" and outcome["rtt"].endswith("ms")
     assert outcome["a"] != outcome["b"] and outcome["a"].startswith("12D3KooW")
     assert (tmp_path / "host.png").stat().st_size > 10_000 and (tmp_path / "join.png").stat().st_size > 10_000
@@ -102,14 +121,14 @@ def test_two_browsers_chat_both_ways_over_a_direct_webrtc_connection(stack, tmp_
     assert outcome["a"] not in {p["ID"] for p in hosts}  # A unregistered when its page closed
 
 
-def test_browsers_that_cannot_get_webrtc_through_chat_over_the_relay_instead(stack, tmp_path):
+def test_browsers_that_cannot_get_webrtc_through_chat_over_the_relay_instead(stack, tmp_path, node_tmp):
     url, _ = stack
-    outcome = run_browsers(url, tmp_path, "pair-no-direct-path")
+    outcome = run_browsers(url, tmp_path, node_tmp, "pair-no-direct-path")
     assert outcome["path"] == "relayed"
     assert "no direct WebRTC connection" in outcome["log"] and "peer: hello back from A" in outcome["log"]
 
 
-def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
+def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path, node_tmp):
     url, relay_http = stack
     relay_tcp = relay_tcp_addr(relay_http)
     worker_http = free_port()
@@ -119,18 +138,17 @@ def test_one_browser_chats_with_a_python_worker_over_the_relay(stack, tmp_path):
     try:
         status = wait_for(f"http://127.0.0.1:{worker_http}/status",
                           lambda r: r.json() if any("/p2p-circuit" in a for a in r.json()["registered_addrs"]) else None)
-        outcome = run_browsers(url, tmp_path, f"worker:{status['peer_id']}")
+        outcome = run_browsers(url, tmp_path, node_tmp, f"worker:{status['peer_id']}")
     finally:
         worker.stop()
     assert outcome["path"] == "relayed" and "heard: hello worker" in outcome["log"]
 
 
-def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_path):
+def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_path, node_tmp):
     url, relay_http = stack
     relay_tcp = relay_tcp_addr(relay_http)
     browser = subprocess.Popen(["node", "test/e2e.mjs", f"{url}/", str(tmp_path), "host-for-worker"], cwd=WEB,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "CHROMIUM": CHROMIUM})
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=browser_env(node_tmp))
     worker = None
     try:
         hosting = json.loads(browser.stdout.readline())  # the page is hosting: now the worker may find it
@@ -148,3 +166,4 @@ def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_pat
             worker.stop()
     outcome = json.loads(out.strip().splitlines()[-1])
     assert outcome["path"] == "relayed" and "heard: hello to you too" in outcome["log"]
+    assert profiles_left(node_tmp) == []

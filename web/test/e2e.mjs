@@ -1,7 +1,7 @@
 // Two real browsers (Debian's headless Chromium): A hosts, B joins, they chat both ways, and B's page must
 // report a direct WebRTC connection. Usage: node test/e2e.mjs <page URL> <screenshot directory> [mode]
 import { chromium } from 'playwright-core'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -13,9 +13,15 @@ const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run
   '--disable-component-update', '--disable-sync', '--allow-loopback-in-peer-connection',
   '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream']
 
+// every browser profile made here, removed on the way out however the run ends
+const profiles = []
+process.on('exit', () => { for (const dir of profiles) rmSync(dir, { recursive: true, force: true }) })
+
 async function browser (name, { noDirectPath = false } = {}) {
   // a fresh profile each, so the two pages have their own identity in localStorage
-  const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), `hp-${name}-`)), {
+  const profile = mkdtempSync(join(tmpdir(), `hp-${name}-`))
+  profiles.push(profile)
+  const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ARGS
   })
   // Chromium offers loopback ICE candidates only to pages allowed the microphone and camera
@@ -32,6 +38,23 @@ async function browser (name, { noDirectPath = false } = {}) {
   page.on('console', (message) => { if (message.type() === 'error') console.error(`[${name}] ${message.text()}`) })
   await page.goto(url)
   return { context, page }
+}
+
+// Ask `check` every 100 ms until it answers true or `ms` have passed; says whether it did.
+async function until (check, ms) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await check()) return true
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  return false
+}
+
+// Whether `peer` is still listed in the demo's namespace at the rendezvous.
+async function listed (peer) {
+  const { namespace } = await (await fetch(new URL('demo/config', url))).json()
+  const answer = await (await fetch(new URL(`peers?namespace=${encodeURIComponent(namespace)}`, url))).json()
+  return answer.Peers.some((p) => p.ID === peer)
 }
 
 const logHas = (page, text) => page.waitForFunction((t) => document.getElementById('log').innerText.includes(t), text, { timeout: 30000 })
@@ -100,7 +123,8 @@ try {
   await b.page.screenshot({ path: join(shots, 'join.png'), fullPage: true })
   const ids = { a: await a.page.textContent('#me'), b: await b.page.textContent('#me') }
   await a.page.close({ runBeforeUnload: true })  // A leaves: its page unregisters on the way out
-  await new Promise((resolve) => setTimeout(resolve, 1000))
+  // its DELETE is sent with keepalive and lands after the page is gone: wait for it (the harness checks it)
+  await until(async () => !(await listed(ids.a)), 10000)
   const log = await b.page.textContent('#log')
   console.log(JSON.stringify({ path, rtt, log, ...ids }))
 } catch (err) {
