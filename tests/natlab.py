@@ -121,6 +121,7 @@ class NatLab:
             for pid in leftover:  # anything a crashed run left behind must not outlive its namespace
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # the logs and keys: read them before the lab closes
 
     # --- processes -----------------------------------------------------------------------------------
 
