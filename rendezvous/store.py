@@ -6,9 +6,9 @@ place in the source's quota + admit the peer (rate, nonce, per-peer cap)], then 
 discover and lookup = [count the source's request + read the namespace] in one pipeline.
 
 A source is what rate limits and quotas are counted by: an IPv4 address, or an IPv6 /64 (rules.source).
-When Redis fills up, registrations stop at a high-water mark of its memory (507 store_full) well before
-Redis refuses writes, and reads go on; if Redis refuses the rate counter's write anyway (OOM), the read
-still answers.
+When Redis fills up, new registrations narrow to small sources at a fair-share mark of its memory, and stop
+at the high-water mark (507 store_full), well before Redis refuses writes; renewals and reads go on. If
+Redis refuses the rate counter's write anyway (OOM), the read still answers.
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ STORE_FULL_RETRY_AFTER_S = 60
 # they come faster (bounding how far past the mark a burst can write before it is seen).
 MEMORY_CHECK_INTERVAL_S = 1.0
 MEMORY_CHECK_WRITES = 100
+SMALL_SOURCE_QUOTA = 10  # past the fair-share mark, what a source may still hold and add to
+FAIR_SHARE_MARGIN = 10  # percentage points below the high-water mark
 METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers gauge
 # Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
 # Redis lacks (after a restart or SCRIPT FLUSH) is a NOSCRIPT reply, never a name missing on our side.
@@ -182,14 +184,21 @@ class Store:
     async def register(self, reg: Registration, source: str) -> tuple[int, bool, bool]:
         """Store `reg`, superseding the peer's registration in that namespace (the request was counted
         already). -> (expiry ms, replaced, evicted another source's registration to make room)."""
-        await self._check_memory()
+        # Past the fair-share mark of Redis memory only small sources may add a registration, past the
+        # high-water mark nobody; renewals always may (they take no new room). So a Redis that fills up never
+        # refuses the reads' counters, and a new peer from an address of its own gets in until the high water.
+        percent = await self._memory_level()
+        full = percent >= self._fair_share_mark()
+        cap = SMALL_SOURCE_QUOTA if full else self.limits.max_registrations_per_source
+        if percent >= self.limits.redis_high_water_percent:
+            cap = 0
         peer = self.keys.peer(reg.peer_id)
         held = self.keys.held_by(source)
         entry = _held_entry(reg.namespace, reg.public_key)
         ttl_ms = reg.ttl * 1000
 
         def admit(batch):
-            batch.script("hold", [held], entry, ttl_ms, self.limits.max_registrations_per_source)
+            batch.script("hold", [held], entry, ttl_ms, cap)
             batch.script("admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
                          self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
                          reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
@@ -202,6 +211,8 @@ class Store:
             undo.append(("ZREM", peer.namespaces, reg.namespace))
         try:
             self._check_admission(status, detail)
+            if hold == 0 and full:
+                raise self._store_full(percent)
             if hold == 0:
                 raise ApiError(ErrorCode.SOURCE_QUOTA, f"this address holds its maximum of "
                                f"{self.limits.max_registrations_per_source} live registrations; they expire with "
@@ -236,9 +247,9 @@ class Store:
         if commands:
             await self._undo(commands)
 
-    async def _check_memory(self) -> None:
-        """Refuse a registration once Redis's memory passes the high-water mark (read at most once a second
-        per replica), so Redis never fills up with registrations and never refuses the reads' counters."""
+    async def _memory_level(self) -> float:
+        """Redis's used memory in percent of maxmemory, read at most once a second (or per 100 registrations)
+        per replica; 0 for the embedded store, or when it cannot be read."""
         now = time.monotonic()
         self._writes_since_check += 1
         if self._watch_memory and (now - self._memory_checked >= MEMORY_CHECK_INTERVAL_S
@@ -248,18 +259,21 @@ class Store:
                 self._memory_percent = memory_percent(await self.redis.execute([("INFO", "memory")]))
             except RedisError as exc:
                 self._warnings.warning("memory", "store: cannot read Redis memory: %s", exc)
-        if self._memory_percent >= self.limits.redis_high_water_percent:
-            raise ApiError(ErrorCode.STORE_FULL, f"the registration store is {self._memory_percent:.0f}% full "
-                           f"(new registrations stop at {self.limits.redis_high_water_percent}%); discovery "
-                           f"goes on", retry_after=STORE_FULL_RETRY_AFTER_S)
+        return self._memory_percent
+
+    def _fair_share_mark(self) -> float:
+        """Ten points below the high-water mark: past it, only small sources may add a registration."""
+        return max(1, self.limits.redis_high_water_percent - FAIR_SHARE_MARGIN)
+
+    def _store_full(self, percent: float) -> ApiError:
+        return ApiError(ErrorCode.STORE_FULL, f"the registration store is {percent:.0f}% full; past "
+                        f"{self._fair_share_mark():.0f}% only addresses holding fewer than {SMALL_SOURCE_QUOTA} "
+                        f"registrations may add one, past {self.limits.redis_high_water_percent}% none; renewals "
+                        f"and discovery go on", retry_after=STORE_FULL_RETRY_AFTER_S)
 
     async def writable(self) -> bool:
-        """Whether a registration would pass the high-water mark now (for /readyz)."""
-        try:
-            await self._check_memory()
-        except ApiError:
-            return False
-        return True
+        """Whether a new registration from a small source would be taken now (for /readyz)."""
+        return await self._memory_level() < self.limits.redis_high_water_percent
 
     def _check_admission(self, status: bytes, detail: int) -> None:
         if status == b"rate":
