@@ -163,7 +163,9 @@ async def test_recovery_after_an_outage_under_load_is_quick(key_prefix):
             server.start()  # returns once redis-server answers PING
             recovered = await first_success_after(http, "/peers")
             print(f"2xx again {recovered * 1000:.0f} ms after Redis answered ({refused} requests refused in 2 s)")
-            assert recovered < 0.75
+            # the runaway took 3.15 s; the backoff's cap (0.4 s) bounds it now. The bound leaves room for a
+            # loaded CI machine: the figure itself is printed, and measured in bench/ drills
+            assert recovered < 2.0
     finally:
         server.stop()
 
