@@ -2,7 +2,9 @@
 # Build the Dockerfile with podman and run the image, offline: no registry is reachable, so the base image
 # (python:3.11-slim-bookworm) is made locally with debootstrap from Debian's packages, and the Python
 # dependencies are fetched as wheels beforehand (prebuilt where PyPI has only source). Then: the container
-# runs as uid 10001, answers /healthz with 200 on $PORT, and takes a signed registration (201).
+# runs as uid 10001, answers /healthz with 200 on $PORT, and takes a signed registration (201). It leaves
+# only the base image behind (a cache worth a minute of debootstrap): the image and its container are
+# removed on the way out, and the build keeps no layers, which would be left dangling once the code changes.
 # Exit 77: cannot run here (not root, or podman/debootstrap missing); scripts/test.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,13 +37,17 @@ if [ "${#sdists[@]}" -gt 0 ]; then "$PY" -m pip wheel -q --no-deps -w wheels "${
 
 echo "building the browser bundle"
 scripts/build-web.sh 2> /dev/null || skip "npm is not installed (the image carries the browser bundle)"
+name="hp-check-$$"
+cleanup() {
+  podman rm -f "$name" > /dev/null 2>&1 || true
+  podman rmi -f "$IMAGE" > /dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cleanup  # what a run that was killed left
 echo "building"
-podman build -q --pull=never --network=none --build-arg PIP_NO_INDEX=1 -t "$IMAGE" . > /dev/null
+podman build -q --layers=false --pull=never --network=none --build-arg PIP_NO_INDEX=1 -t "$IMAGE" . > /dev/null
 
 port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-name="hp-check-$$"
-cleanup() { podman rm -f "$name" > /dev/null 2>&1 || true; }
-trap cleanup EXIT
 podman run -d --pull=never --network=host --name "$name" -e HOST=127.0.0.1 -e PORT="$port" "$IMAGE" > /dev/null
 podman exec "$name" id
 for _ in $(seq 50); do
@@ -54,7 +60,7 @@ echo "demo page $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port
 code=$("$PY" - "$port" <<'PY'
 import sys, urllib.request
 import nacl.signing
-from rendezvous.registration import sign_registration
+from shared.registration import sign_registration
 body = sign_registration(nacl.signing.SigningKey.generate(), "container-check", ["/ip4/192.0.2.1/tcp/4001"], 60)
 request = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/peers", data=body, method="POST")
 with urllib.request.urlopen(request, timeout=5) as answer:

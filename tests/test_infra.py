@@ -17,6 +17,7 @@ from tests.infra_checks import all_problems
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"
 INFRA_BIN = ROOT / ".venv-infra" / "bin"
+BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"  # made by container-check.sh, and kept as a cache
 CHECKOV_ENV = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CKV_SKIP_PACKAGE_UPDATE_CHECK": "TRUE"}
 
 
@@ -108,7 +109,17 @@ def test_cloudbuild_yaml_matches_its_schema():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def podman_images() -> set[str]:
+    """Every image podman holds, layers included; none when podman is missing (the check then skips)."""
+    if shutil.which("podman") is None:
+        return set()
+    listed = subprocess.run(["podman", "images", "--all", "--quiet", "--no-trunc"], capture_output=True, text=True,
+                            env={**os.environ, "CONTAINERS_CONF": str(ROOT / "scripts" / "podman-containers.conf")})
+    return set(listed.stdout.split())
+
+
 def test_the_image_builds_runs_as_non_root_serves_healthz_and_takes_a_registration():
+    before = podman_images()
     result = subprocess.run(["bash", str(ROOT / "scripts" / "container-check.sh")], capture_output=True, text=True,
                             timeout=1800)
     if result.returncode == 77:
@@ -116,3 +127,6 @@ def test_the_image_builds_runs_as_non_root_serves_healthz_and_takes_a_registrati
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "healthz 200" in result.stdout and "registration 201" in result.stdout and "uid=10001" in result.stdout
     assert "demo page 200 bundle 200" in result.stdout
+    base = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE], capture_output=True,
+                          text=True).stdout.strip()
+    assert podman_images() - before - {f"sha256:{base}"} == set()  # nothing left behind but the base image (a cache)
