@@ -37,6 +37,13 @@ class RendezvousError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class Discovered:
+    entries: list[PeerEntry]
+    cookie: str | None  # where the next call goes on from
+    more: bool  # peers are waiting after `cookie`
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerEntry:
     peer_id: str
     addrs: tuple[str, ...]
@@ -90,22 +97,37 @@ class RendezvousClient:
         return entry
 
     async def discover(self, namespace: str) -> list[PeerEntry]:
-        """Every live registration in `namespace`, all pages."""
+        """Every live registration in `namespace` (up to MAX_PAGES pages)."""
+        return (await self.discover_pages(namespace)).entries
+
+    async def discover_pages(self, namespace: str, cookie: str | None = None,
+                             max_pages: int = MAX_PAGES) -> Discovered:
+        """Live registrations in `namespace`, at most `max_pages` pages of them, starting after `cookie`.
+
+        A page that fails after others answered ends the call with what was read (`more` stays true and
+        `cookie` says where to go on): one 429 in a large namespace must not throw a whole round away."""
         peers: dict[str, PeerEntry] = {}
-        cookie: str | None = None
-        for _ in range(MAX_PAGES):
+        more = True
+        for page in range(max_pages):
             params = {"namespace": namespace, "limit": str(PAGE_LIMIT)}
             if cookie:
                 params["cookie"] = cookie
-            answer = _json(await self._send("GET", "/peers", params=params))
+            try:
+                answer = _json(await self._send("GET", "/peers", params=params))
+            except RendezvousError as exc:
+                if page == 0:
+                    raise
+                log.info("discovery stopped early; going on next round", extra={"error": str(exc)})
+                break
             for item in answer.get("Peers", []):
                 entry = _peer_entry(item)
                 if entry is not None:
                     peers[entry.peer_id] = entry
-            cookie = answer.get("Cookie")
-            if not answer.get("More") or not cookie:
+            cookie = answer.get("Cookie") or cookie
+            more = bool(answer.get("More")) and bool(answer.get("Cookie"))
+            if not more:
                 break
-        return list(peers.values())
+        return Discovered(list(peers.values()), cookie, more)
 
     async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         with tracing.span(f"{method} {path}", SpanKind.CLIENT) as span:

@@ -1,5 +1,6 @@
-"""Workers dial only what makes sense: a registration is anyone's to write, so its addresses must not turn a
-worker into a port scanner of its own machine or network."""
+"""Workers dial only what makes sense, and do bounded work: a registration is anyone's to write, so its
+addresses must not turn a worker into a port scanner of its own machine or network, and a namespace full
+of them must not stop a worker discovering anyone."""
 from __future__ import annotations
 
 import ipaddress
@@ -85,4 +86,49 @@ def test_a_worker_never_dials_a_loopback_listener_a_stranger_registered(scope, d
                 await trio.sleep(1.0)  # several discovery rounds and attempts: still no knock
                 assert knocks == []
                 assert all(r.path == "failed" for r in worker.peers.values())
+        run(body)
+
+
+def _register_strangers(url: str, count: int, namespace: str = "crowd") -> None:
+    with httpx.Client() as http:
+        for n in range(count):
+            body = sign_registration(nacl.signing.SigningKey(os.urandom(32)), namespace, ["/ip4/198.51.100.66/tcp/1"],
+                                     60)
+            assert http.post(f"{url}/peers", content=body, headers={"X-Forwarded-For": f"192.0.2.{n % 250}"}
+                             ).status_code == 201
+
+
+def test_a_discovery_round_reads_a_bounded_number_of_pages_and_goes_on_from_its_cookie():
+    from shared.identity import Identity
+    from shared.rendezvous_client import RendezvousClient
+
+    with rendezvous_process({"TRUSTED_PROXY_HOPS": "1", "MAX_REGISTRATIONS_PER_SOURCE": "1000"}) as url:
+        _register_strangers(url, 250)
+
+        async def body(nursery):
+            client = RendezvousClient(url, Identity.from_seed(os.urandom(32)))
+            first = await client.discover_pages("crowd", None, max_pages=2)
+            assert len(first.entries) == 200 and first.more and first.cookie
+            rest = await client.discover_pages("crowd", first.cookie, max_pages=2)
+            assert len(rest.entries) == 50 and not rest.more
+            assert {e.peer_id for e in first.entries}.isdisjoint(e.peer_id for e in rest.entries)
+            await client.aclose()
+        run(body)
+
+
+def test_a_429_in_the_middle_of_a_round_keeps_the_pages_already_read():
+    from shared.identity import Identity
+    from shared.rendezvous_client import RendezvousClient, RendezvousError
+
+    with rendezvous_process({"TRUSTED_PROXY_HOPS": "1", "RATE_LIMIT_IP_PER_MINUTE": "3"}) as url:
+        _register_strangers(url, 500)  # from 250 other sources, two each
+
+        async def body(nursery):
+            client = RendezvousClient(url, Identity.from_seed(os.urandom(32)))
+            partial = await client.discover_pages("crowd", None, max_pages=10)
+            assert len(partial.entries) == 300 and partial.more and partial.cookie  # the 4th page got 429
+            with pytest.raises(RendezvousError) as refused:  # a round whose first page fails is an error
+                await client.discover_pages("crowd", partial.cookie, max_pages=10)
+            assert refused.value.status == 429 and refused.value.retry_after
+            await client.aclose()
         run(body)

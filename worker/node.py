@@ -38,6 +38,8 @@ log = logging.getLogger("worker")
 
 MAX_RELAYS = 2
 MAX_CONCURRENT_CONNECTS = 16
+PAGES_PER_ROUND = 10  # of 100 peers: a round reads at most 1,000 registrations
+NEW_PEERS_PER_ROUND = 64
 
 
 class Worker:
@@ -174,12 +176,16 @@ class Worker:
     # --- discovery and connections -------------------------------------------------------------------
 
     async def _keep_connected(self) -> None:
+        """Discovery rounds, each bounded (PAGES_PER_ROUND pages, NEW_PEERS_PER_ROUND new connects): a large
+        namespace is swept over several rounds, going on from the cookie where the last round stopped."""
         backoff = Backoff()
+        cookie, swept = None, set()
         async with trio.open_nursery() as peer_tasks:  # one task per peer being tended, owned here
             while True:
                 try:
                     with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
-                        entries = await self.rendezvous.discover(self.settings.namespace)
+                        found = await self.rendezvous.discover_pages(self.settings.namespace, cookie,
+                                                                     PAGES_PER_ROUND)
                 except RendezvousError as exc:
                     delay = backoff.next_delay(exc.retry_after)
                     log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s",
@@ -187,9 +193,16 @@ class Worker:
                     await trio.sleep(delay)
                     continue
                 backoff.reset()
-                others = self._dialable([e for e in entries if e.peer_id != self.peer_id])
-                metrics.DISCOVERED_PEERS.set(len(others))
-                self._forget_departed({e.peer_id for e in others})
+                if cookie is None:
+                    swept = set()  # a sweep of the namespace begins
+                others = self._dialable([e for e in found.entries if e.peer_id != self.peer_id])
+                swept |= {e.peer_id for e in others}
+                if found.more:
+                    cookie = found.cookie
+                else:  # the sweep is complete: whoever it did not see has left
+                    metrics.DISCOVERED_PEERS.set(len(swept))
+                    self._forget_departed(swept)
+                    cookie = None
                 for entry in self._choose(others):
                     if entry.peer_id not in self._busy:
                         self._busy.add(entry.peer_id)
@@ -216,13 +229,15 @@ class Worker:
                 self.tracer.emit(events.Departed(peer_id))
 
     def _choose(self, entries: list[PeerEntry]) -> list[PeerEntry]:
-        """The connect policy: all, or N at random, keeping the peers we are already connected to."""
-        if self.settings.connect is None:
-            return entries
+        """The connect policy (all, or N at random), keeping the peers we are already connected to, and at
+        most NEW_PEERS_PER_ROUND others this round, at random (a namespace full of strangers' registrations
+        must not queue our connects behind theirs in registration order)."""
         held = [e for e in entries if e.peer_id in self.peers and self.peers[e.peer_id].connected]
         rest = [e for e in entries if e not in held]
-        room = max(0, self.settings.connect - len(held))
-        return held[: self.settings.connect] + random.sample(rest, min(room, len(rest)))
+        room = NEW_PEERS_PER_ROUND if self.settings.connect is None else max(0, self.settings.connect - len(held))
+        if self.settings.connect is not None:
+            held = held[: self.settings.connect]
+        return held + random.sample(rest, min(room, NEW_PEERS_PER_ROUND, len(rest)))
 
     async def _tend_peer(self, entry: PeerEntry, peer_tasks: trio.Nursery) -> None:
         """Connect to one peer, or check that its connection still carries our echo."""
