@@ -125,7 +125,9 @@ class Stack:
         relay_id = load_identity(None, str(STATE / "relay.key")).peer_id
         self.start("rendezvous", "rendezvous", {"HOST": "127.0.0.1", "PORT": str(self.port(0)),
                                                 "LIBP2P_TCP_PORT": str(self.port(4)), "LIBP2P_HOST": "127.0.0.1",
-                                                "LIBP2P_IDENTITY_FILE": str(STATE / "rendezvous.key")})
+                                                "LIBP2P_IDENTITY_FILE": str(STATE / "rendezvous.key"),
+                                                # the demo page is given this stack's relay, by its identity
+                                                "RELAY_PEER_IDS": str(relay_id)})
         wait_healthy(f"{rendezvous_url}/healthz")
         relay_http = self.port(1)
         self.start("relay", "relay", {"IDENTITY_FILE": str(STATE / "relay.key"), "LISTEN_HOST": "127.0.0.1",
