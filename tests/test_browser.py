@@ -24,7 +24,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 def missing() -> str | None:
     if os.environ.get("HOLEPUNCH_SKIP_BROWSER"):
-        return "HOLEPUNCH_SKIP_BROWSER is set (Cloud Build's test step has no browser)"
+        return "HOLEPUNCH_SKIP_BROWSER is set"
     if shutil.which("node") is None:
         return "node is not installed (scripts/test.sh installs it)"
     if not pathlib.Path(CHROMIUM).exists():
