@@ -62,6 +62,8 @@ def test_the_terraform_pieces_exist_reference_each_other_and_are_secure():
      "backend {\n    group = google_compute_region", "no Cloud Armor"),
     ("run.tf", '"INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"', '"INGRESS_TRAFFIC_ALL"', "around the load balancer"),
     ("armor.tf", "cve-canary", "xss-v33-stable", "cve-canary"),
+    ("armor.tf", "startsWith('/metrics')", "startsWith('/status')", "/metrics"),
+    ("run.tf", 'name  = "RELAY_PEER_IDS"', 'name  = "RELAY_IDS"', "RELAY_PEER_IDS"),
 ])
 def test_a_broken_reference_or_an_insecure_setting_is_caught(tmp_path, filename, old, new, problem):
     problems = all_problems(mutated(tmp_path, filename, old, new))
