@@ -21,7 +21,7 @@ from shared.host import ListenPlan, build_host, running
 from shared.rendezvous_client import RendezvousClient
 
 PROTOCOL = "/rendezvous/1.0.0"
-OK, E_INVALID_SPR, E_INVALID_COOKIE, E_NOT_AUTHORIZED = 0, 101, 103, 200
+OK, E_INVALID_SPR, E_INVALID_COOKIE, E_NOT_AUTHORIZED, E_UNAVAILABLE = 0, 101, 103, 200, 400
 
 
 @pytest.fixture
@@ -344,3 +344,18 @@ def test_discovery_of_every_namespace_pages_through_each_registration_exactly_on
                 seen += [(r[1][0].decode(), record_peer(r[2][0])) for r in page]
             assert sorted(seen) == sorted(registered), f"limit {limit}"
     run(body)
+
+
+def test_unregistering_over_the_door_is_counted_against_the_rate_limit(shared_store):
+    """The protocol has no answer to Unregister, so it cost nothing before: now each is counted against the
+    caller's address, and a flood of them ends in E_UNAVAILABLE for that caller's next request."""
+    door = DoorReplica()
+    with rendezvous_process({**shared_store, **door.env(), "RATE_LIMIT_IP_PER_MINUTE": "5"}):
+        async def body(nursery):
+            host, identity = await client_host(nursery, door)
+            spec = await open_spec(host, door)
+            for _ in range(5):
+                await spec.send(unregister_msg("nothing-here"))
+            status, _, _ = await spec.discover("nothing-here")
+            assert status == E_UNAVAILABLE
+        run(body)
