@@ -27,6 +27,8 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 # The worker reports failed dials itself, in its `holepunch:` lines.
 _ROUTINE = ("Error reading from hop stream", "Failed to fetch stored addresses for peer",
             "Failed to open TCP stream", "Failed to connect to ws://")
+# ...and what it says when it writes to a stream the other side already closed (a circuit that ended)
+_ROUTINE_REASONS = ("closed for writing",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,8 +83,9 @@ class RepeatedWarnings:
 
 class _DemoteRoutine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
         if record.levelno > logging.DEBUG and record.name.startswith("libp2p") and (
-                record.getMessage().startswith(_ROUTINE) or not record.getMessage().strip()):
+                message.startswith(_ROUTINE) or not message.strip() or any(r in message for r in _ROUTINE_REASONS)):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

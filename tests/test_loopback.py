@@ -1,8 +1,10 @@
 """Worker and relay in-process on loopback, against a real rendezvous process."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from tests.p2p import (BIN, new_identity, ordered_identities, record_of, relay_settings, rendezvous_process, run, start_relay, start_worker, until,
                        worker_settings)
 from shared.rendezvous_client import RendezvousClient
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +121,48 @@ def test_a_departed_peer_frees_its_reservation_at_once(rendezvous_url, tmp_path)
         second = await start_worker(nursery, worker_settings(rendezvous_url, [addr], NAMESPACE="depart"))
         await until(lambda: relay.peer_id in second.relays, what="a reservation in the slot the first worker left")
     run(body)
+
+
+def test_a_relayed_connection_closing_is_routine_for_the_relay_not_an_error(rendezvous_url, tmp_path):
+    """Every hole punch ends with its relayed connection closed; the relay process logged that as ~20 ERROR
+    lines, many with an empty message. Now its log holds no ERROR for it."""
+    log_path = tmp_path / "relay.log"
+    relay_http = free_port()
+    with log_path.open("w") as log_file:
+        relay = subprocess.Popen([str(BIN / "relay")], stdout=log_file, stderr=subprocess.STDOUT, env={
+            **os.environ, "IDENTITY_FILE": str(tmp_path / "relay.key"), "LISTEN_HOST": "127.0.0.1",
+            "TCP_PORT": str(free_port()), "WS_PORT": "off", "QUIC_PORT": "off", "HTTP_HOST": "127.0.0.1",
+            "PORT": str(relay_http), "LOG_LEVEL": "INFO"})
+    try:
+        status = wait_for_status(relay_http)
+        relay_addr = next(a for a in status["multiaddrs"] if "/tcp/" in a)
+
+        async def body(nursery):
+            dialer_id, hidden_id = ordered_identities(2)
+            hidden = await start_worker(nursery, worker_settings(rendezvous_url, [relay_addr], NAMESPACE="closing",
+                                                                 TCP_PORT="off", WS_PORT="off", HOLEPUNCH="false"),
+                                        hidden_id)
+            dialer = await start_worker(nursery, worker_settings(rendezvous_url, [relay_addr], NAMESPACE="closing",
+                                                                 HOLEPUNCH="false"), dialer_id)
+            await until(lambda: record_of(dialer, hidden), what="the relayed connection")
+            for conn in list(dialer.host.get_network().connections.get(hidden.identity.peer_id) or []):
+                await conn.close()  # as the worker closes a relayed connection once DCUtR made a direct one
+            await until(lambda: dialer.peers[hidden.peer_id].path == "failed", what="the worker to notice")
+        run(body)
+        time.sleep(1.0)  # the relay's loops notice the close
+    finally:
+        relay.terminate()
+        relay.wait(10)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(line["message"] == "relay started" for line in lines)  # the log is the relay's, and JSON
+    assert [line["message"] for line in lines if line["severity"] == "ERROR"] == []
+
+
+def wait_for_status(port: int) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/status", timeout=1).json()
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("the relay never answered /status")
