@@ -21,7 +21,9 @@ log = logging.getLogger("worker.registrar")
 
 UNREGISTER_TIMEOUT = 5.0
 REJECTED_BACKOFF = 30.0  # a 4xx means our request is wrong: resending it at once would only hammer the service
-POLL_INTERVAL = 0.25  # how soon a change of address is noticed
+# How soon a change of address is noticed. Polled, not awaited: py-libp2p 0.8.1 signals no change of its
+# observed addresses (the relay's identify pushes land in its manager silently), so there is no event to wait on.
+POLL_INTERVAL = 0.25
 MAX_CHECK_INTERVAL = 15.0  # the longest a vanished registration goes unnoticed, whatever the TTL
 
 
