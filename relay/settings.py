@@ -30,7 +30,8 @@ def optional_url(text: str) -> str | None:
 DESCRIPTION = ("A public circuit relay v2 node: peers behind NATs reserve a slot, others reach them through it, "
                "and DCUtR upgrades those connections to direct ones.")
 OPTIONS = [
-    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file", secret=True),
+    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file",
+           secret=True),
     Option("--identity-file", "IDENTITY_FILE", str, "~/.local/state/holepunch-services/relay.key",
            "file holding the identity seed, created when missing: keep it so the relay's multiaddr is stable"),
     Option("--listen-host", "LISTEN_HOST", str, "0.0.0.0", "address the libp2p transports listen on"),

@@ -11,7 +11,8 @@ from redis.asyncio.connection import parse_url
 
 from shared.registration import SPEC_MAX_TTL_SECONDS
 from shared.settings import (OBSERVABILITY_OPTIONS, ConfigError, Observability, Option, boolean, comma_list, integer,
-                             namespace, observability, optional_text, parse_options, peer_ids, port, port_or_off, problem, text)
+                             namespace, observability, optional_text, parse_options, peer_ids, port, port_or_off,
+                             problem, text)
 
 COOKIE_KEY_MIN_CHARS = 32
 ADMIN_TOKEN_MIN_CHARS = 16
@@ -119,7 +120,8 @@ OPTIONS = [
            f"key of the discovery cookies' HMAC, at least {COOKIE_KEY_MIN_CHARS} characters, the same on every "
            "replica; required with REDIS_URL (unset: random, embedded store only)", secret=True),
     Option("--admin-token", "ADMIN_TOKEN", _secret(ADMIN_TOKEN_MIN_CHARS), None,
-           f"bearer token (at least {ADMIN_TOKEN_MIN_CHARS} characters) for DELETE by an operator; unset: off", secret=True),
+           f"bearer token (at least {ADMIN_TOKEN_MIN_CHARS} characters) for DELETE by an operator; unset: off",
+           secret=True),
     Option("--default-namespace", "DEFAULT_NAMESPACE", namespace, "default", "the namespace of plain GET /peers"),
     Option("--key-prefix", "KEY_PREFIX", text, "hp", "prefix of every Redis key"),
     Option("--trusted-proxy-hops", "TRUSTED_PROXY_HOPS", integer(0, 10), "0",

@@ -6,9 +6,10 @@ import ipaddress
 from typing import Sequence
 
 from shared.host import ListenPlan
+from shared.settings import (OBSERVABILITY_OPTIONS, Observability, Option, boolean, comma_list, http_url, multiaddrs,
+                             namespace, observability, parse_options, peer_ids, port_or_off, positive_float,
+                             positive_int)
 from worker.dialable import DialScope, parse_scope
-from shared.settings import (OBSERVABILITY_OPTIONS, Observability, Option, boolean, comma_list, http_url, multiaddrs, namespace,
-                             observability, parse_options, peer_ids, port_or_off, positive_float, positive_int)
 
 
 def connect_policy(text: str) -> int | None:
@@ -35,7 +36,8 @@ OPTIONS = [
            "namespace where relays register themselves; the worker reserves a slot with those it finds"),
     Option("--relay", "LIBP2P_RELAY_BOOTSTRAP", multiaddrs, "",
            "comma-separated multiaddrs (with /p2p/<id>) of circuit relays to reserve a slot with"),
-    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file", secret=True),
+    Option("--identity-key", "IDENTITY_KEY", str, None, "base64 32-byte Ed25519 seed (a secret); wins over the file",
+           secret=True),
     Option("--identity-file", "IDENTITY_FILE", str, "~/.local/state/holepunch-services/worker.key",
            "file holding the identity seed; created with a new one when missing"),
     Option("--listen-host", "LISTEN_HOST", str, "0.0.0.0", "address the libp2p transports listen on"),
