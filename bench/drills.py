@@ -209,7 +209,7 @@ async def failover(clients: int = 8, rate: float = 20, workers: int = 20, worker
     proxy too; two rendezvous replicas behind a balancer under registration load, and workers kept registered
     by Registrars, half of them registered while replication lags. Then: SIGKILL the primary, REPLICAOF NO ONE
     the replica after `promote_after` s, move the endpoint to it."""
-    primary, replica = RedisServer(), None
+    primary = RedisServer()
     with drill_dir() as logs, contextlib.ExitStack() as stack:
         await in_thread(primary.start)
         stack.callback(primary.stop)
@@ -278,25 +278,32 @@ class Phase:
     exit_seconds: float | None  # from the signal until the process was gone
     exit_code: int | None
     ok_after: int  # requests answered well after the signal
+    refused: int  # connections the balancer found refused, their requests sent to the other replica
+    resent: dict  # requests left unanswered (closed or reset) and sent to the other replica, by cause
+    gateway_failures: dict  # the balancer's own 502s, by cause
 
     def report(self, name: str) -> str:
         return (f"{name}: requests {self.requests}, failed {self.failed} ({_statuses(self.statuses)}); "
                 f"{self.in_flight} in flight to it at the signal; it exited {_secs(self.exit_seconds)} later "
-                f"(status {self.exit_code}); {self.ok_after} answered well after it")
+                f"(status {self.exit_code}); {self.ok_after} answered well after it\n"
+                f"  the balancer found {self.refused} connections refused and sent them on; resent unanswered: "
+                f"{_statuses(self.resent) or 'none'}; its 502s: {_statuses(self.gateway_failures) or 'none'}")
 
 
 @dataclasses.dataclass
 class DrainFigures:
     sigterm: Phase
     sigkill: Phase
-    retried: int  # connections the balancer found refused and sent to the other replica
+    resend_unanswered: bool
 
     def report(self) -> str:
-        return "\n".join([self.sigterm.report("SIGTERM"), self.sigkill.report("SIGKILL"),
-                          f"the balancer sent {self.retried} refused connections to the other replica"])
+        mode = "resends" if self.resend_unanswered else "does not resend (502)"
+        return "\n".join([f"the balancer {mode} requests left unanswered",
+                          self.sigterm.report("SIGTERM"), self.sigkill.report("SIGKILL")])
 
 
-async def drain(clients: int = 8, rate: float = 20, before: float = 3.0, after: float = 4.0) -> DrainFigures:
+async def drain(clients: int = 8, rate: float = 20, before: float = 3.0, after: float = 4.0,
+                resend_unanswered: bool = True) -> DrainFigures:
     """Two replicas behind the balancer under load (registrations and discovery); SIGTERM one mid-load;
     then, a fresh replica beside the survivor, SIGKILL the survivor mid-load."""
     server = RedisServer()
@@ -312,10 +319,11 @@ async def drain(clients: int = 8, rate: float = 20, before: float = 3.0, after: 
 
         async with trio.open_nursery() as nursery:
             one, two = await new_replica(), await new_replica()
-            balancer = await nursery.start(Balancer([one.url, two.url]).run)
+            balancer = await nursery.start(Balancer([one.url, two.url], resend_unanswered).run)
 
             async def phase(victim: Replica, signum: int) -> Phase:
                 tally, stop = Tally(), trio.Event()
+                refused, resent, failures = balancer.retried, balancer.resent.copy(), balancer.failures.copy()
                 for _ in range(clients):
                     nursery.start_soon(registration_load, balancer.url, tally, rate, stop, 0.3)
                 await trio.sleep(before)
@@ -329,15 +337,15 @@ async def drain(clients: int = 8, rate: float = 20, before: float = 3.0, after: 
                 stop.set()
                 await trio.sleep(0.5)
                 return Phase(tally.requests, tally.failed, dict(tally.statuses), in_flight, exit_seconds, code,
-                             tally.ok_after.get("signal", 0))
+                             tally.ok_after.get("signal", 0), balancer.retried - refused,
+                             dict(balancer.resent - resent), dict(balancer.failures - failures))
 
             term = await phase(one, signal.SIGTERM)
             balancer.add((await new_replica()).url)
             await trio.sleep(0.5)
             kill = await phase(two, signal.SIGKILL)
-            retried = balancer.retried
             nursery.cancel_scope.cancel()
-    return DrainFigures(term, kill, retried)
+    return DrainFigures(term, kill, resend_unanswered)
 
 
 # --- soak ------------------------------------------------------------------------------------------------------
@@ -350,7 +358,7 @@ class SoakFigures:
     five_xx: int
     rss_kib: dict  # process -> (at warm-up, at the end)
     redis_used_memory: tuple[int, int]
-    live_peers: tuple[int, int]
+    live_peers: tuple[tuple[int, int], tuple[int, int]]  # (live peers, Redis keys) at warm-up and at the end
 
     def report(self) -> str:
         lines = [f"{self.minutes:g} minutes, {self.requests} requests, {self.five_xx} answered 5xx"]
@@ -359,8 +367,9 @@ class SoakFigures:
             lines.append(f"RSS {name}: {warm / 1024:.1f} MiB at warm-up, {end / 1024:.1f} MiB at the end "
                          f"({100 * (end - warm) / warm:+.1f}%)")
         lines.append(f"Redis used_memory: {self.redis_used_memory[0] / 2**20:.2f} MiB at warm-up, "
-                     f"{self.redis_used_memory[1] / 2**20:.2f} MiB at the end; live peers "
-                     f"{self.live_peers[0]} and {self.live_peers[1]}")
+                     f"{self.redis_used_memory[1] / 2**20:.2f} MiB at the end, holding {self.live_peers[0][0]} "
+                     f"and {self.live_peers[1][0]} live peers ({self.live_peers[0][1]} and "
+                     f"{self.live_peers[1][1]} keys, nonces included)")
         return "\n".join(lines)
 
 
@@ -385,7 +394,10 @@ async def soak(minutes: float = 10.0, clients: int = 8, rate: float = 20, peers:
     keys = [nacl.signing.SigningKey.generate() for _ in range(peers)]
     by_operation: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     weights = {"register": 0.40, "discover": 0.25, "lookup": 0.15, "delete": 0.15, "bad": 0.05}
-    duration, warmup = minutes * 60, min(60.0, minutes * 60 * 0.2)
+    # steady once registrations (`ttl`) and nonces (kept 121 s: twice the 60 s timestamp window, plus 1 s) have
+    # turned over: the keys' count stops climbing there
+    duration = minutes * 60
+    warmup = min(duration / 2, max(150.0, 2.0 * ttl))
     with drill_dir() as logs, contextlib.ExitStack() as stack:
         await in_thread(server.start)
         stack.callback(server.stop)
@@ -399,7 +411,7 @@ async def soak(minutes: float = 10.0, clients: int = 8, rate: float = 20, peers:
             rss = {f"rendezvous {i + 1}": s.rss_kib() for i, s in enumerate(services)}
             rss["redis-server"] = process_rss_kib(server.proc.pid)
             live = raw.zcard(KeySchema("soak").namespace(SOAK_NS).expiries)
-            return rss, raw.info("memory")["used_memory"], live
+            return rss, raw.info("memory")["used_memory"], (live, raw.dbsize())
 
         async def client(stop: trio.Event) -> None:
             turn = random.randrange(2)
@@ -470,6 +482,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=20, help="failover: Registrar-driven peers")
     parser.add_argument("--worker-ttl", type=int, default=30,
                         help="failover: the workers' TTL (they look their registration up every quarter of it)")
+    parser.add_argument("--no-resend", action="store_true",
+                        help="drain: the balancer answers 502 for a request left unanswered instead of resending it")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: how long")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the Registrars' warnings during the outage are expected
@@ -477,7 +491,7 @@ def main() -> None:
         figures = trio.run(lambda: failover(args.clients, args.rate, args.workers, args.worker_ttl, lag=args.lag,
                                             promote_after=args.promote_after))
     elif args.drill == "drain":
-        figures = trio.run(lambda: drain(args.clients, args.rate))
+        figures = trio.run(lambda: drain(args.clients, args.rate, resend_unanswered=not args.no_resend))
     else:
         figures = trio.run(lambda: soak(args.minutes, args.clients, args.rate, progress=print))
     print(figures.report())

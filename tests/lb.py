@@ -3,8 +3,10 @@ loopback and under trio: rendezvous replica processes, a TCP endpoint that moves
 endpoint does on failover, and an HTTP load balancer in front of the replicas."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
+import json
 import os
 import pathlib
 import signal
@@ -154,19 +156,24 @@ class Backend:
 
 
 class Balancer:
-    """An HTTP load balancer in front of the replicas, as Cloud Run's front end is: round robin over the
-    backends whose /healthz answers, each request on a fresh connection of its own. A backend that refuses
-    the connection (stopped, or no longer accepting while it drains) is skipped and the request goes to the
-    next: nothing reached it, so nothing can happen twice. A backend that fails after taking the request
-    yields 502, as the request's fate is unknown."""
+    """An HTTP load balancer in front of the replicas: round robin over the backends whose /healthz answers,
+    each request on a fresh connection of its own. A backend that refuses the connection (stopped, or no
+    longer accepting while it drains) is skipped and the request goes to the next: nothing reached it.
+
+    With `resend_unanswered` (HAProxy's `retry-on empty-response`, Envoy's `retry_on: reset`), a request whose
+    connection was closed or reset before any answer goes to the next backend too. That is safe for this API
+    only because every write is signed with a nonce the service refuses to see twice: a resent registration
+    is applied once or answered 409. Without it, such a request gets our 502: its fate is unknown."""
 
     HEALTH_INTERVAL = 0.2
 
-    def __init__(self, urls: list[str]):
+    def __init__(self, urls: list[str], resend_unanswered: bool = True):
         self.backends = [Backend(url) for url in urls]
+        self.resend_unanswered = resend_unanswered
         self.port = 0
-        self.retried = 0  # connections refused and sent elsewhere
-        self.failed = 0  # 502s and 503s of our own
+        self.retried = 0  # connections refused, the request sent to the next backend
+        self.resent: collections.Counter[str] = collections.Counter()  # requests left unanswered and sent again
+        self.failures: collections.Counter[str] = collections.Counter()  # our own 502s and 503s, by cause
         self._turn = itertools.count()
         self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0))
 
@@ -235,16 +242,24 @@ class Balancer:
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 self.retried += 1
                 continue
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+                if self.resend_unanswered and i + 1 < len(healthy):
+                    self.resent[cause] += 1
+                    continue
+                return self._failed(502, cause)
             except httpx.HTTPError as exc:
-                self.failed += 1
-                return 502, [(b"content-type", b"application/json")], \
-                    b'{"error":"bad_gateway","message":"%s"}' % type(exc).__name__.encode()
+                return self._failed(502, f"{type(exc).__name__}: {exc}")
             finally:
                 backend.in_flight -= 1
             backend.served += 1
             return response.status_code, list(response.headers.raw), response.content
-        self.failed += 1
-        return 503, [(b"content-type", b"application/json")], b'{"error":"no_backend"}'
+        return self._failed(503, "no backend left to try")
+
+    def _failed(self, status: int, cause: str) -> tuple[int, list, bytes]:
+        self.failures[cause] += 1
+        body = json.dumps({"error": "bad_gateway" if status == 502 else "no_backend", "message": cause})
+        return status, [(b"content-type", b"application/json")], body.encode()
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream):
