@@ -3,7 +3,7 @@ clock): each starts its own redis-server and rendezvous processes on loopback, d
 fault, and prints what it measured.
 
     python bench/drills.py failover [--lag 1.0] [--promote-after 1.0]   # Redis primary killed, replica promoted
-    python bench/drills.py drain                                        # a replica SIGTERMed, then one SIGKILLed
+    python bench/drills.py drain [--no-resend]                          # a replica SIGTERMed, then one SIGKILLed
     python bench/drills.py soak [--minutes 10]                          # mixed load: memory, 5xx
 
 Needs redis-server. Every drill accepts --clients and --rate (requests per second per client).

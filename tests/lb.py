@@ -152,7 +152,6 @@ class Backend:
         self.url = url
         self.healthy = True
         self.in_flight = 0
-        self.served = 0
 
 
 class Balancer:
@@ -252,7 +251,6 @@ class Balancer:
                 return self._failed(502, f"{type(exc).__name__}: {exc}")
             finally:
                 backend.in_flight -= 1
-            backend.served += 1
             return response.status_code, list(response.headers.raw), response.content
         return self._failed(503, "no backend left to try")
 
