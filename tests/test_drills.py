@@ -68,10 +68,6 @@ def test_a_replica_drains_on_sigterm_without_a_failed_request_and_a_sigkill_cost
     assert kill.ok_after > 0  # the survivor carries on
 
 
-@pytest.mark.xfail(strict=True, reason="aiohttp drops every byte that arrives once shutdown begins (RequestHandler."
-                   "data_received returns when _close is set; aio-libs/aiohttp#2298), so a request whose body is still "
-                   "arriving at SIGTERM waits for BODY_READ_TIMEOUT_SECONDS and gets 408; rendezvous/cli.py needs a "
-                   "drain step (stop listening, let in-flight requests finish, then aiohttp's shutdown)")
 def test_a_replica_on_sigterm_stops_accepting_and_answers_the_request_it_is_reading(redis_server, key_prefix):
     body = sign_registration(new_key(), "drills", ADDRS, 60)
     head = (f"POST /peers HTTP/1.1\r\nHost: rendezvous\r\nContent-Type: application/octet-stream\r\n"

@@ -81,7 +81,8 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    with tracing.span(f"{request.method} {route}", SpanKind.SERVER, headers=request.headers) as span:
+    with request.app[IN_FLIGHT], tracing.span(f"{request.method} {route}", SpanKind.SERVER,
+                                              headers=request.headers) as span:
         response = await _respond(request, handler)
         span.set_attributes({"http.request.method": request.method, "http.route": route,
                              "http.response.status_code": response.status})
@@ -164,10 +165,43 @@ def _serve_with_door_protocol(app: web.Application) -> None:
 FAILURE = web.AppKey("failure", list)  # what stopped the service from inside, for the CLI's exit status
 
 
+class InFlight:
+    """The requests being handled, so a stopping replica can let them finish (a drain) before aiohttp's
+    shutdown, which stops reading request bodies at once (aio-libs/aiohttp#2298)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.stopping = asyncio.Event()  # set by a signal, or by a part of the service that died
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight, for at most `timeout` seconds; returns whether none is."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[observe], client_max_size=settings.limits.max_body_bytes)
     app[routes.SETTINGS] = settings
     app[FAILURE] = []
+    app[IN_FLIGHT] = InFlight()
 
     async def registry_lifecycle(app: web.Application):
         store = await open_store(settings)
@@ -201,4 +235,4 @@ def _stop_service(app: web.Application, reason: str) -> None:
     """A part of the service died: stop the whole process loudly rather than serve on without it."""
     log.critical("stopping the service: %s", reason)
     app[FAILURE].append(reason)
-    raise web.GracefulExit()  # out of the event loop: aiohttp's run_app cleans up and returns
+    app[IN_FLIGHT].stopping.set()  # the CLI drains and stops, then exits non-zero
