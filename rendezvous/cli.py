@@ -22,6 +22,7 @@ log = logging.getLogger("rendezvous")
 
 DRAIN_SECONDS = 8.0  # within Cloud Run's 10 s grace, leaving time for the shutdown itself
 SHUTDOWN_SECONDS = 1.0  # what aiohttp then gives handlers still running
+ARRIVAL_SECONDS = 0.25
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -53,6 +54,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
         await in_flight.stopping.wait()
         await site.stop()  # no new connections; the balancer sends them to another replica
         log.info("stopping: draining the requests in flight", extra={"in_flight": in_flight.count})
+        await asyncio.sleep(ARRIVAL_SECONDS)  # requests already on the wire reach their handlers (and count)
         if not await in_flight.drained(DRAIN_SECONDS):
             log.warning("stopping with requests still in flight", extra={"in_flight": in_flight.count})
     finally:

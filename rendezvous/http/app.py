@@ -90,6 +90,8 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
     if response.status == ErrorCode.REQUEST_TIMEOUT.status:
         await _send_and_hang_up(request, response)
+    elif request.app[IN_FLIGHT].stopping.is_set():
+        response.force_close()  # draining: no next request on this connection, it goes to another replica
     return response
 
 
