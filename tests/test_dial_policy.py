@@ -132,3 +132,30 @@ def test_a_429_in_the_middle_of_a_round_keeps_the_pages_already_read():
             assert refused.value.status == 429 and refused.value.retry_after
             await client.aclose()
         run(body)
+
+
+@pytest.mark.parametrize("trust, dialed", [("12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB", False), ("*", True)])
+def test_a_worker_reserves_only_at_relays_it_trusts_by_identity(trust, dialed):
+    """A stranger registers a 'relay' in RELAY_NAMESPACE pointing at a local listener: a worker that trusts
+    another peer ID never knocks there; one that trusts any relay (the same test, so the listener can tell)
+    does."""
+    with rendezvous_process() as url:
+        async def body(nursery):
+            knocks = []
+            listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+
+            async def count(stream):
+                knocks.append(1)
+                await stream.aclose()
+            nursery.start_soon(trio.serve_listeners, count, [listener])
+            fake = sign_registration(nacl.signing.SigningKey(os.urandom(32)), "relays",
+                                     [f"/ip4/127.0.0.1/tcp/{listener.socket.getsockname()[1]}"], 600)
+            async with httpx.AsyncClient() as http:
+                assert (await http.post(f"{url}/peers", content=fake)).status_code == 201
+            await start_worker(nursery, worker_settings(url, RELAY_PEER_IDS=trust, DISCOVER_INTERVAL="0.2"))
+            if dialed:
+                await until(lambda: knocks, what="the worker to try the registered relay")
+            else:
+                await trio.sleep(1.5)  # several rounds of looking for relays
+                assert knocks == []
+        run(body)

@@ -109,7 +109,8 @@ class Worker:
     # --- registration -------------------------------------------------------------------------------
 
     def current_addrs(self) -> list[str]:
-        return own_addrs(self.host, list(self.relays.values()), self.settings.announce, self.settings.public_networks)
+        return own_addrs(self.host, list(self.relays.values()), self.settings.announce,
+                         self.settings.public_networks)
 
     # --- relays --------------------------------------------------------------------------------------
 
@@ -130,15 +131,17 @@ class Worker:
 
     async def _relay_candidates(self) -> list[str]:
         """The bootstrap relays (the operator's), then those registered in RELAY_NAMESPACE whose peer IDs are
-        trusted (RELAY_PEER_IDS): anyone can register there, so a registration alone proves nothing."""
+        trusted (RELAY_PEER_IDS): anyone can register there, so a registration alone proves nothing, and the
+        trusted ones are looked up by ID, so no number of strangers' registrations hides them."""
         candidates = list(self.settings.relay)
         trusted = self.settings.relay_peer_ids
-        if trusted == ():
-            return candidates
+        namespace = self.settings.relay_namespace
         try:
-            for entry in await self.rendezvous.discover(self.settings.relay_namespace):
-                if trusted is not None and entry.peer_id not in trusted:
-                    continue
+            if trusted is None:  # '*': whoever is on the first page
+                entries = (await self.rendezvous.discover_pages(namespace, max_pages=1)).entries
+            else:
+                entries = [e for peer in trusted if (e := await self.rendezvous.lookup(namespace, peer)) is not None]
+            for entry in entries:
                 candidates.extend(f"{a}/p2p/{entry.peer_id}" for a in entry.addrs
                                   if not is_relayed(a) and "/p2p/" not in a and "/ws" not in a
                                   and self.dial_policy.allows(a))
