@@ -86,7 +86,8 @@ def sign_bodies(count: int, path: pathlib.Path) -> None:
 
 async def fill(redis_url: str, namespace: str, count: int) -> None:
     """Write `count` registrations through the service's own store code (the stored bytes are the service's)."""
-    limits = Limits(rate_limit_ip_per_minute=10**9, rate_limit_peer_per_minute=10**9, max_peers_per_namespace=10**7)
+    limits = Limits(rate_limit_ip_per_minute=10**9, rate_limit_peer_per_minute=10**9, max_peers_per_namespace=10**7,
+                    max_registrations_per_source=10**8)
     store = Store(RespConnection(redis_url), KeySchema(PREFIX), limits)
     await store.load_scripts()
 
@@ -136,6 +137,7 @@ def main() -> None:
         env = {**os.environ, "PORT": str(service_port), "HOST": "127.0.0.1", "REDIS_URL": redis_url,
                "COOKIE_HMAC_KEY": COOKIE_KEY, "RATE_LIMIT_IP_PER_MINUTE": "100000000",
                "RATE_LIMIT_PEER_PER_MINUTE": "100000000", "MAX_PEERS_PER_NAMESPACE": "10000000",
+               "MAX_REGISTRATIONS_PER_SOURCE": "100000000",
                "LOG_LEVEL": "WARNING"}
         procs.append(subprocess.Popen(pinned(0, [sys.executable, "-m", "rendezvous.cli"]), env=env,
                                       stdout=subprocess.DEVNULL))
