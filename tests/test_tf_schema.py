@@ -126,3 +126,22 @@ def test_a_schema_that_cannot_be_downloaded_is_an_error_with_pip_s_reason(tmp_pa
     monkeypatch.setitem(tf_schema.PACKAGES, "google", ("cdktn-provider-google", "0.0.0"))
     with pytest.raises(tf_schema.SchemaUnavailable, match=r"cannot download cdktn-provider-google==0\.0\.0"):
         tf_schema.fetch("google")
+
+
+def test_a_resource_on_google_beta_is_checked_against_the_beta_schema(schemas, tmp_path):
+    class Recording(tf_schema.Schemas):
+        """Hands out the google schema for both, to spare the download, and notes what was asked for."""
+
+        def __init__(self):
+            super().__init__()
+            self.asked: list[str] = []
+
+        def get(self, provider):
+            self.asked.append(provider)
+            return schemas.get("google")
+
+    copy = mutated(tmp_path, "redis.tf", 'resource "google_redis_instance" "store" {',
+                   'resource "google_redis_instance" "store" {\n  provider = google-beta.eu')
+    recording = Recording()
+    assert tf_schema.validate(copy, recording) == []
+    assert recording.asked.count("google-beta") == 1

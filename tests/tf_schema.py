@@ -19,7 +19,6 @@ without it, prints the problems found in terraform/."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import subprocess
