@@ -84,6 +84,10 @@ MISTAKES = [
                  'instances = "holepunch-relay"',
                  'lb.tf: resource google_compute_instance_group.relay: instances = "holepunch-relay": a string '
                  "where a list(string) is expected", id="string-for-list"),
+    pytest.param("redis.tf", 'redis_configs = {\n    "maxmemory-policy" = "noeviction"',
+                 'redis_configs {\n    maxmemory_policy = "noeviction"',
+                 "redis.tf: resource google_redis_instance.store: 'redis_configs' is an argument, not a block: "
+                 "write `redis_configs = ...`", id="block-for-an-argument"),
     pytest.param("armor.tf", 'dynamic "rule" {', 'dynamic "rules" {',
                  "armor.tf: resource google_compute_security_policy.edge: dynamic 'rules' is not a nested "
                  "block of this type (did you mean 'rule'?)", id="dynamic-block-misnamed"),
