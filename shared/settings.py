@@ -170,10 +170,10 @@ OBSERVABILITY_OPTIONS = [
 
 def observability(values: dict[str, Any]) -> Observability:
     """Take the observability options out of parsed `values`."""
+    traces_endpoint, endpoint = values.pop("otlp_traces_endpoint"), values.pop("otlp_endpoint")
     return Observability(
         log_level=values.pop("log_level"), libp2p_log_level=values.pop("libp2p_log_level"),
-        google_cloud_project=values.pop("google_cloud_project"),
-        otlp_endpoint=values.pop("otlp_traces_endpoint") or values.pop("otlp_endpoint"),
+        google_cloud_project=values.pop("google_cloud_project"), otlp_endpoint=traces_endpoint or endpoint,
         trace_file=values.pop("trace_file"))
 
 

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from relay.settings import RelaySettings
 from rendezvous.settings import ConfigError, Settings
+from worker.settings import WorkerSettings
 
 GOOD = {"REDIS_URL": "rediss://:secret@10.0.0.3:6378/0", "COOKIE_HMAC_KEY": "c" * 40}
 
@@ -64,3 +66,16 @@ def test_a_secret_one_character_short_of_its_minimum_is_refused_and_the_minimum_
     assert str(err.value).startswith(f"{variable} (--")
     settings = Settings.parse([], {**GOOD, variable: "s" * shortest})
     assert getattr(settings, field) == kept("s" * shortest)
+
+
+@pytest.mark.parametrize("parse", [Settings.parse, WorkerSettings.parse, RelaySettings.parse])
+def test_the_observability_options_are_read_once_by_every_role(parse):
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "TRACE_FILE": "/tmp/spans.jsonl",
+           "GOOGLE_CLOUD_PROJECT": "p", "LOG_LEVEL": "debug", "LIBP2P_LOG_LEVEL": "error"}
+    seen = parse([], env).observability
+    assert seen.otlp_endpoint == "http://collector:4318/v1/traces"  # the traces-only variable wins
+    assert (seen.trace_file, seen.google_cloud_project, seen.log_level, seen.libp2p_log_level) == (
+        "/tmp/spans.jsonl", "p", "DEBUG", "ERROR")
+    assert parse([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}).observability.otlp_endpoint \
+        == "http://collector:4318"
