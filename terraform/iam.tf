@@ -21,6 +21,20 @@ resource "google_secret_manager_secret_iam_member" "rendezvous_reads" {
   member    = "serviceAccount:${google_service_account.rendezvous.email}"
 }
 
+# redis_mode cluster: the rendezvous authenticates to Memorystore for Redis Cluster with its own IAM identity.
+# The role is granted on the project, as Memorystore expects, but the condition confines it to this cluster.
+resource "google_project_iam_member" "rendezvous_redis_cluster" {
+  count   = local.redis_cluster ? 1 : 0
+  project = var.project_id
+  role    = "roles/redis.dbConnectionUser"
+  member  = "serviceAccount:${google_service_account.rendezvous.email}"
+  condition {
+    title       = "holepunch-store only"
+    description = "Connect to the holepunch Memorystore for Redis Cluster, no other"
+    expression  = "resource.name == \"${google_redis_cluster.store[0].id}\""
+  }
+}
+
 resource "google_secret_manager_secret_iam_member" "relay_reads" {
   secret_id = google_secret_manager_secret.secret["relay_identity"].id
   role      = "roles/secretmanager.secretAccessor"

@@ -5,8 +5,10 @@ locals {
   google_lb_ranges = ["35.191.0.0/16", "130.211.0.0/22"]
 }
 
+# networkconnectivity and serviceconsumermanagement serve redis_mode cluster's Private Service Connect
+# (redis_cluster.tf); enabled in either mode, as enabling an API grants nobody anything.
 resource "google_project_service" "apis" {
-  for_each           = toset(["run.googleapis.com", "redis.googleapis.com", "compute.googleapis.com", "artifactregistry.googleapis.com", "secretmanager.googleapis.com", "cloudbuild.googleapis.com", "iam.googleapis.com", "monitoring.googleapis.com"])
+  for_each           = toset(["run.googleapis.com", "redis.googleapis.com", "compute.googleapis.com", "artifactregistry.googleapis.com", "secretmanager.googleapis.com", "cloudbuild.googleapis.com", "iam.googleapis.com", "monitoring.googleapis.com", "networkconnectivity.googleapis.com", "serviceconsumermanagement.googleapis.com"])
   service            = each.value
   disable_on_destroy = false
 }

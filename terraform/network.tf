@@ -58,3 +58,18 @@ resource "google_compute_firewall" "relay_from_lb" {
     ports    = ["4002", "8082"]
   }
 }
+
+# redis_mode cluster: Memorystore for Redis Cluster's Private Service Connect endpoints (the discovery
+# endpoint and one per node) take their addresses from here; Cloud Run reaches them over Direct VPC egress.
+resource "google_compute_subnetwork" "redis" {
+  count                    = local.redis_cluster ? 1 : 0
+  name                     = "holepunch-redis"
+  region                   = var.region
+  network                  = google_compute_network.vpc.id
+  ip_cidr_range            = "10.10.2.0/24"
+  private_ip_google_access = true
+  log_config {
+    aggregation_interval = "INTERVAL_5_MIN"
+    flow_sampling        = 0.5
+  }
+}

@@ -1,4 +1,11 @@
+locals {
+  # var.redis_mode picks one of the two stores below; the other has count 0. The rendezvous reads either
+  # through REDIS_URL (secrets.tf) and is told which with REDIS_CLUSTER (run.tf).
+  redis_cluster = var.redis_mode == "cluster"
+}
+
 resource "google_redis_instance" "store" {
+  count                   = local.redis_cluster ? 0 : 1
   name                    = "holepunch-store"
   region                  = var.region
   tier                    = var.redis_tier

@@ -2,8 +2,9 @@ resource "google_cloud_run_v2_service" "rendezvous" {
   name     = "holepunch-rendezvous"
   location = var.region
   # Only through the load balancer, so Cloud Armor sees every request.
-  ingress    = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
-  depends_on = [google_secret_manager_secret_iam_member.rendezvous_reads, google_secret_manager_secret_version.redis_url]
+  ingress = "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"
+  depends_on = [google_secret_manager_secret_iam_member.rendezvous_reads, google_secret_manager_secret_version.redis_url,
+  google_project_iam_member.rendezvous_redis_cluster]
 
   template {
     service_account                  = google_service_account.rendezvous.email
@@ -44,6 +45,11 @@ resource "google_cloud_run_v2_service" "rendezvous" {
             version = "latest"
           }
         }
+      }
+      env {
+        # redis_mode cluster: REDIS_URL names the cluster's discovery endpoint, and the store routes by slot
+        name  = "REDIS_CLUSTER"
+        value = local.redis_cluster ? "true" : "false"
       }
       env {
         name = "COOKIE_HMAC_KEY"

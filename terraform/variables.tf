@@ -51,8 +51,18 @@ variable "image_tag" {
   default     = "latest"
 }
 
+variable "redis_mode" {
+  description = "Which Memorystore holds the registrations: \"instance\" (one Redis primary, Memorystore for Redis, up to 300 GB) or \"cluster\" (Memorystore for Redis Cluster: shards, for more memory and more commands a second than one primary has). See bench/sizing.py for what each size serves."
+  type        = string
+  default     = "instance"
+  validation {
+    condition     = contains(["instance", "cluster"], var.redis_mode)
+    error_message = "redis_mode must be instance or cluster."
+  }
+}
+
 variable "redis_tier" {
-  description = "Memorystore tier: STANDARD_HA in production (a replica and automatic failover), BASIC for a cheap test."
+  description = "redis_mode instance: Memorystore tier, STANDARD_HA in production (a replica and automatic failover), BASIC for a cheap test."
   type        = string
   default     = "STANDARD_HA"
   validation {
@@ -62,12 +72,44 @@ variable "redis_tier" {
 }
 
 variable "redis_memory_gb" {
-  description = "Memorystore capacity in GB (about 850 bytes per live registration)."
+  description = "redis_mode instance: Memorystore capacity in GB (about 1,300 bytes per live registration, and registrations stop at 80% of it: see bench/sizing.py)."
   type        = number
   default     = 1
   validation {
     condition     = var.redis_memory_gb >= 1 && var.redis_memory_gb <= 300
     error_message = "redis_memory_gb must lie between 1 and 300."
+  }
+}
+
+variable "redis_cluster_shards" {
+  description = "redis_mode cluster: number of shards (primaries); memory and command throughput grow with it."
+  type        = number
+  default     = 3
+  validation {
+    # Memorystore for Redis Cluster takes 1 to 250 shards (250 usage units a cluster, replicas included)
+    condition     = var.redis_cluster_shards % 1 == 0 && var.redis_cluster_shards >= 1 && var.redis_cluster_shards <= 250
+    error_message = "redis_cluster_shards must be a whole number between 1 and 250."
+  }
+}
+
+variable "redis_cluster_node_type" {
+  description = "redis_mode cluster: node type of every shard (redis-standard-small 6.5 GB, redis-highmem-medium 13 GB, redis-highmem-xlarge 58 GB, ...); redis-shared-core-nano has no SLA: tests only."
+  type        = string
+  default     = "redis-standard-small"
+  validation {
+    condition = contains(["redis-shared-core-nano", "redis-standard-small", "redis-highcpu-medium", "redis-highmem-medium",
+    "redis-standard-large", "redis-highmem-xlarge", "redis-highmem-2xlarge"], var.redis_cluster_node_type)
+    error_message = "redis_cluster_node_type must be one of Memorystore for Redis Cluster's node types, such as redis-standard-small."
+  }
+}
+
+variable "redis_cluster_replicas" {
+  description = "redis_mode cluster: replicas per shard (1 in production: a failover target in another zone; 0 for a cheap test)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = contains([0, 1, 2], var.redis_cluster_replicas)
+    error_message = "redis_cluster_replicas must be 0, 1 or 2."
   }
 }
 

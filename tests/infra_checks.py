@@ -98,6 +98,7 @@ def cloud_armor(tree: Tree) -> list[str]:
 
 
 def redis_is_safe(tree: Tree) -> list[str]:
+    """Both stores var.redis_mode can pick: AUTH, TLS in transit, and a full Redis that refuses writes."""
     problems = []
     redis = tree.get("google_redis_instance", "store")
     if redis.get("auth_enabled") is not True:
@@ -106,6 +107,14 @@ def redis_is_safe(tree: Tree) -> list[str]:
         problems.append("Memorystore without in-transit encryption")
     if _first(redis.get("redis_configs", {})).get("maxmemory-policy") != "noeviction":
         problems.append("Memorystore may evict live registrations (maxmemory-policy must be noeviction)")
+    cluster = tree.get("google_redis_cluster", "store")
+    # Memorystore for Redis Cluster's only AUTH is IAM (no password exists to leak or to forget)
+    if cluster.get("authorization_mode") != "AUTH_MODE_IAM_AUTH":
+        problems.append("Memorystore Cluster without AUTH (authorization_mode must be AUTH_MODE_IAM_AUTH)")
+    if cluster.get("transit_encryption_mode") != "TRANSIT_ENCRYPTION_MODE_SERVER_AUTHENTICATION":
+        problems.append("Memorystore Cluster without in-transit encryption")
+    if _first(cluster.get("redis_configs", {})).get("maxmemory-policy") != "noeviction":
+        problems.append("Memorystore Cluster may evict live registrations (maxmemory-policy must be noeviction)")
     return problems
 
 
@@ -126,6 +135,70 @@ def cloud_run_reaches_redis(tree: Tree) -> list[str]:
     service = tree.get("google_cloud_run_v2_service", "rendezvous")
     if service.get("ingress") != "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER":
         problems.append("the rendezvous is reachable around the load balancer (and Cloud Armor)")
+    return problems
+
+
+# what `count` each store's resources carry: one mode's resources exist, the other's not
+_IN_CLUSTER_MODE, _IN_INSTANCE_MODE = "${local.redis_cluster ? 1 : 0}", "${local.redis_cluster ? 0 : 1}"
+CLUSTER_PIECES = [("google_redis_cluster", "store"), ("google_network_connectivity_service_connection_policy", "redis"),
+                  ("google_compute_subnetwork", "redis"), ("google_project_iam_member", "rendezvous_redis_cluster")]
+
+
+def redis_mode_picks_one_store(tree: Tree) -> list[str]:
+    """var.redis_mode = instance makes the instance and nothing of the cluster; cluster the reverse, and the
+    rendezvous is told which (REDIS_CLUSTER) and given the matching REDIS_URL and CA."""
+    problems = []
+    if tree.locals.get("redis_cluster") != '${var.redis_mode == "cluster"}':
+        problems.append('local.redis_cluster is not var.redis_mode == "cluster"')
+    if tree.get("google_redis_instance", "store").get("count") != _IN_INSTANCE_MODE:
+        problems.append("the Memorystore instance is not made exactly when redis_mode is instance")
+    for kind, name in CLUSTER_PIECES:
+        if tree.get(kind, name).get("count") != _IN_CLUSTER_MODE:
+            problems.append(f"{kind}.{name} is not made exactly when redis_mode is cluster")
+    template = _first(tree.get("google_cloud_run_v2_service", "rendezvous").get("template"))
+    env = {_first(e).get("name"): _first(e).get("value")
+           for e in _first((template or {}).get("containers", [{}])).get("env", [])}
+    if env.get("REDIS_CLUSTER") != '${local.redis_cluster ? "true" : "false"}':
+        problems.append("the rendezvous's REDIS_CLUSTER does not follow redis_mode")
+    # the conditional's first branch is cluster mode's
+    endpoint = "google_redis_cluster.store[0].discovery_endpoints[0]"
+    for secret, cluster_parts, instance_part in [
+            ("redis_url", (f"{endpoint}.address", f"{endpoint}.port"), "google_redis_instance.store[0].host"),
+            ("redis_ca", ("google_redis_cluster.store[0].managed_server_ca",), "google_redis_instance.store[0].server_ca_certs")]:
+        data = str(tree.get("google_secret_manager_secret_version", secret).get("secret_data"))
+        if not (data.startswith("${(local.redis_cluster ?") and instance_part in data
+                and all(part in data and data.index(part) < data.index(instance_part) for part in cluster_parts)):
+            problems.append(f"the {secret} secret is not the cluster's in cluster mode and the instance's otherwise")
+    return problems
+
+
+def redis_cluster_reaches_the_vpc(tree: Tree) -> list[str]:
+    """The cluster's Private Service Connect endpoints land in a subnet of the rendezvous's VPC, through a
+    service connection policy for Memorystore on that VPC; only the rendezvous may connect, to this cluster."""
+    problems = []
+    cluster = tree.get("google_redis_cluster", "store")
+    if not _refers(_first(cluster.get("psc_configs")).get("network") if cluster.get("psc_configs") else None,
+                   "google_compute_network", "vpc"):
+        problems.append("the Memorystore Cluster is not on the rendezvous's VPC (psc_configs network)")
+    policy = tree.get("google_network_connectivity_service_connection_policy", "redis")
+    if policy.get("service_class") != "gcp-memorystore-redis" or not _refers(policy.get("network"),
+                                                                            "google_compute_network", "vpc"):
+        problems.append("no service connection policy for Memorystore (gcp-memorystore-redis) on the VPC")
+    subnets = re.findall(r"google_compute_subnetwork\.([a-z0-9_]+)", str(_first(policy.get("psc_config", [{}]))))
+    if not subnets or not all(_refers(tree.get("google_compute_subnetwork", s).get("network"), "google_compute_network",
+                                      "vpc") for s in subnets):
+        problems.append("the service connection policy's subnet is not in the VPC")
+    if not _refers(cluster.get("depends_on"), "google_network_connectivity_service_connection_policy", "redis"):
+        problems.append("the Memorystore Cluster may be created before its service connection policy")
+    grants = [(name, g) for name, g in tree.of_kind("google_project_iam_member").items()
+              if g.get("role") == "roles/redis.dbConnectionUser"]
+    if not any(_refers(g.get("member"), "google_service_account", "rendezvous") for _, g in grants):
+        problems.append("the rendezvous may not connect to the Memorystore Cluster (roles/redis.dbConnectionUser)")
+    for name, grant in grants:
+        if not _refers(grant.get("member"), "google_service_account", "rendezvous"):
+            problems.append(f"{name} lets someone other than the rendezvous connect to the Memorystore Cluster")
+        if not _refers(_first(grant.get("condition", [{}])).get("expression"), "google_redis_cluster", "store"):
+            problems.append(f"{name} grants roles/redis.dbConnectionUser on every cluster of the project")
     return problems
 
 
@@ -165,4 +238,5 @@ def firewalls(tree: Tree) -> list[str]:
 def all_problems(directory: pathlib.Path) -> list[str]:
     tree = Tree(directory)
     return (broken_references(tree) + load_balancer_chain(tree) + cloud_armor(tree) + redis_is_safe(tree)
-            + cloud_run_reaches_redis(tree) + relays_trusted_by_identity(tree) + firewalls(tree))
+            + cloud_run_reaches_redis(tree) + redis_mode_picks_one_store(tree) + redis_cluster_reaches_the_vpc(tree)
+            + relays_trusted_by_identity(tree) + firewalls(tree))

@@ -64,6 +64,24 @@ def test_the_terraform_pieces_exist_reference_each_other_and_are_secure():
     ("armor.tf", "cve-canary", "xss-v33-stable", "cve-canary"),
     ("armor.tf", "startsWith('/metrics')", "startsWith('/status')", "/metrics"),
     ("run.tf", 'name  = "RELAY_PEER_IDS"', 'name  = "RELAY_IDS"', "RELAY_PEER_IDS"),
+    # redis_mode cluster
+    ("redis_cluster.tf", '"AUTH_MODE_IAM_AUTH"', '"AUTH_MODE_DISABLED"', "Memorystore Cluster without AUTH"),
+    ("redis_cluster.tf", '"TRANSIT_ENCRYPTION_MODE_SERVER_AUTHENTICATION"', '"TRANSIT_ENCRYPTION_MODE_DISABLED"',
+     "Memorystore Cluster without in-transit encryption"),
+    ("redis_cluster.tf", "psc_configs {\n    network = google_compute_network.vpc.id",
+     'psc_configs {\n    network = "projects/other/global/networks/default"', "not on the rendezvous's VPC"),
+    ("redis_cluster.tf", '"gcp-memorystore-redis"', '"google-cloud-sql"', "no service connection policy"),
+    ("redis_cluster.tf", "count         = local.redis_cluster ? 1 : 0\n  name          = \"holepunch-store\"",
+     "name          = \"holepunch-store\"", "not made exactly when redis_mode is cluster"),
+    ("redis.tf", "count                   = local.redis_cluster ? 0 : 1", "count                   = 1",
+     "instance is not made exactly when redis_mode is instance"),
+    ("run.tf", 'value = local.redis_cluster ? "true" : "false"', 'value = "false"', "REDIS_CLUSTER does not follow"),
+    ("secrets.tf", "? \"rediss://${google_redis_cluster.store[0].discovery_endpoints[0].address}",
+     "? \"rediss://${google_redis_cluster.store[0].psc_connections[0].address}", "redis_url secret is not the cluster's"),
+    ("iam.tf", 'member  = "serviceAccount:${google_service_account.rendezvous.email}"\n  condition',
+     'member  = "serviceAccount:${google_service_account.worker.email}"\n  condition', "may not connect"),
+    ("iam.tf", 'expression  = "resource.name == \\"${google_redis_cluster.store[0].id}\\""',
+     'expression  = "resource.name.startsWith(\\"projects/\\")"', "on every cluster of the project"),
 ])
 def test_a_broken_reference_or_an_insecure_setting_is_caught(tmp_path, filename, old, new, problem):
     problems = all_problems(mutated(tmp_path, filename, old, new))
@@ -132,3 +150,14 @@ def test_the_image_builds_runs_as_non_root_serves_healthz_and_takes_a_registrati
     base = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE], capture_output=True,
                           text=True).stdout.strip()
     assert podman_images() - before - {f"sha256:{base}"} == set()  # nothing left behind but the base image (a cache)
+
+
+def test_the_schema_validation_covers_the_cluster_mode(tmp_path):
+    """redis_mode cluster's resources are checked against the provider schema like the rest (tests/tf_schema.py),
+    though the default mode never creates them."""
+    from tests import tf_schema
+
+    schemas = tf_schema.Schemas()
+    broken = mutated(tmp_path, "redis_cluster.tf", "authorization_mode      =", "authorisation_mode      =")
+    assert any("google_redis_cluster.store: 'authorisation_mode' is not an argument" in p
+               for p in tf_schema.validate(broken, schemas))
