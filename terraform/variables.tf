@@ -72,7 +72,7 @@ variable "redis_tier" {
 }
 
 variable "redis_memory_gb" {
-  description = "redis_mode instance: Memorystore capacity in GB (about 1,300 bytes per live registration, and registrations stop at 80% of it: see bench/sizing.py)."
+  description = "redis_mode instance: Memorystore capacity in GB (1,200-1,500 bytes per live registration, and registrations stop at 80% of it: see bench/sizing.py)."
   type        = number
   default     = 1
   validation {
