@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import time
 import urllib.request
 
 SUFFIX = "_SECRET"
@@ -36,11 +37,38 @@ def fill_from_secrets(environ: dict[str, str] | os._Environ = os.environ, fetch=
     return sorted(wanted)
 
 
+def access_token() -> tuple[str, float]:
+    """The service account's OAuth access token from the metadata server, and seconds until it expires."""
+    request = urllib.request.Request(_TOKEN_URL, headers={"Metadata-Flavor": "Google"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        reply = json.load(answer)
+    return reply["access_token"], float(reply.get("expires_in", 300))
+
+
+class AccessTokenCredentials:
+    """redis-py's credential provider for Memorystore's IAM AUTH: each new connection authenticates with the
+    service account's access token as its password, fetched again a minute before it expires."""
+
+    def __init__(self, fetch=access_token, clock=time.monotonic):
+        self._fetch, self._clock = fetch, clock
+        self._token, self._renew_at = "", float("-inf")
+
+    def get_credentials(self) -> tuple[str, str]:
+        if self._clock() >= self._renew_at:
+            try:
+                token, lifetime = self._fetch()
+            except (OSError, KeyError, ValueError) as exc:
+                raise SecretError(f"cannot get an access token for Redis IAM AUTH: {exc}") from None
+            self._token, self._renew_at = token, self._clock() + max(0.0, lifetime - 60)
+        return "default", self._token
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        return self.get_credentials()
+
+
 def _fetch(resource: str) -> str:
     try:
-        request = urllib.request.Request(_TOKEN_URL, headers={"Metadata-Flavor": "Google"})
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            token = json.load(answer)["access_token"]
+        token, _ = access_token()
         request = urllib.request.Request(_ACCESS_URL.format(resource), headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             return base64.b64decode(json.load(answer)["payload"]["data"]).decode().strip()

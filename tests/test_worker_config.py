@@ -158,3 +158,24 @@ def test_python_m_shared_identity_prints_the_peer_id_of_a_seed_for_terraform():
     result = subprocess.run([sys.executable, "-m", "shared.identity"], input=identity.encoded() + "\n",
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == str(identity.peer_id)
+
+
+def test_redis_iam_credentials_fetch_a_token_and_renew_it_a_minute_before_it_expires():
+    from shared.secrets import AccessTokenCredentials, SecretError
+
+    now, fetched = [0.0], []
+
+    def fetch():
+        fetched.append(now[0])
+        return f"token-{len(fetched)}", 3600.0
+    credentials = AccessTokenCredentials(fetch, clock=lambda: now[0])
+    assert credentials.get_credentials() == ("default", "token-1")
+    now[0] = 3539.0
+    assert credentials.get_credentials() == ("default", "token-1") and fetched == [0.0]
+    now[0] = 3541.0
+    assert credentials.get_credentials() == ("default", "token-2")
+
+    def broken():
+        raise OSError("metadata server unreachable")
+    with pytest.raises(SecretError, match="IAM AUTH: metadata server unreachable"):
+        AccessTokenCredentials(broken).get_credentials()
