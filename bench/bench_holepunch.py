@@ -3,10 +3,12 @@
     sudo .venv/bin/python bench/bench_holepunch.py [--runs 20]
 
 Each run starts a fresh pair of workers (new identities, new ports, so no NAT state is shared between
-runs) behind the two routers of tests/natlab.py, waits for the dialing worker's `holepunch: connected`
-line and reads its `time_to_direct`: from the relayed connection existing to a direct one existing. The
-library's defaults take ~11 s (a 2 s polling tick, then a unilateral dial to private addresses); the
-DCUtR exchange itself is ~0.25 s. Needs root, iproute2 and iptables.
+runs) behind the two port-restricted routers of tests/natlab.py, waits for the dialing worker's
+`holepunch: connected` line and reads its `time_to_direct`: from the relayed connection existing to a
+direct one existing. The library's defaults take ~11 s (a 2 s polling tick, then a unilateral dial to
+private addresses); the DCUtR exchange itself is ~0.25 s. `--delay-ms` adds a one-way delay on each
+router (default 0: the protocol's own time; bench/bench_nat_matrix.py sweeps every NAT with 25 ms).
+Needs root (see tests/natlab.py for the rest).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def one_run(lab: NatLab, relay_addr: str, run: int) -> tuple[float | None, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="one way, per router")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # so the lab is torn down on kill
     problem = missing_prerequisite()
@@ -52,7 +55,7 @@ def main() -> None:
     relay = Identity.from_seed(os.urandom(32))
     times: list[float] = []
     paths: dict[str, int] = {}
-    with NatLab() as lab:
+    with NatLab(delay_ms=args.delay_ms) as lab:
         relay_addr = lab.start_services(relay.encoded(), str(relay.peer_id))
         for run in range(args.runs):
             seconds, path = one_run(lab, relay_addr, run)

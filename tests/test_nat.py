@@ -1,60 +1,108 @@
-"""Hole punching across real NATs: network namespaces, iptables MASQUERADE, inbound SYNs dropped."""
+"""The NAT-lab matrix (tests/natlab.py): one lab, 25 ms one way on every router, and one test per class of
+cell with the outcome theory predicts: direct, hole-punched, or relayed and still exchanging frames."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from tests.natlab import NatLab, missing_prerequisite
 from shared.identity import Identity
+from tests.natlab import (CELLS, HOSTS, PUBLIC_IP, SITES, Cell, NatLab, connected_events, missing_prerequisite,
+                          set_routers, start_pair, stop_pair)
 
 pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
                                 reason=f"NAT lab unavailable: {missing_prerequisite()}")
 
-
-def relay_identity() -> Identity:
-    return Identity.from_seed(os.urandom(32))
-
-
-def connected_to_peer(lab: NatLab, worker: str, peer: str, timeout: float = 45.0) -> dict:
-    event = lab.wait_for(worker, lambda e: e.get("event") == "connected" and e.get("peer") == peer, timeout)
-    assert event is not None, f"{worker} never connected to {peer}; its log:\n{lab.log_text(worker)[-4000:]}"
-    return event
+DELAY_MS = 25.0
+CELL = {cell.name: cell for cell in CELLS}
 
 
-def started_peer_id(lab: NatLab, worker: str) -> str:
-    event = lab.wait_for(worker, lambda e: e.get("message") == "worker started", 30.0)
-    assert event is not None, lab.log_text(worker)
-    return event["peer"]
+@pytest.fixture(scope="module")
+def lab():
+    """One lab for every cell: each run resets the routers and starts new workers on new ports in a
+    rendezvous namespace of their own, so nothing of an earlier cell is seen by a later one."""
+    relay = Identity.from_seed(os.urandom(32))
+    with NatLab(delay_ms=DELAY_MS) as built:
+        built.start_services(relay.encoded(), str(relay.peer_id))
+        yield built
 
 
-def test_workers_behind_two_nats_end_on_a_hole_punched_direct_connection():
-    relay = relay_identity()
-    with NatLab() as lab:
-        lab.start_stack(relay.encoded(), str(relay.peer_id))
-        a, b = started_peer_id(lab, "worker-a"), started_peer_id(lab, "worker-b")
-        seen_by_a, seen_by_b = connected_to_peer(lab, "worker-a", b), connected_to_peer(lab, "worker-b", a)
-        for seen in (seen_by_a, seen_by_b):
-            assert seen["path"] == "hole-punched", seen
-            assert seen["over"] == "direct", seen  # the echo ran over the punched connection, not the relay
-            assert seen["rtt_ms"] > 0
-        # The worker that dialed went through the relay first, and says how long the upgrade took.
-        dialer = seen_by_a if seen_by_a["initiated_by"] == "us" else seen_by_b
-        assert dialer["initiated_by"] == "us" and dialer["time_to_direct"] > 0
-        # Later rounds keep exchanging messages over the direct connection.
-        for worker, peer in (("worker-a", b), ("worker-b", a)):
-            checks = lab.wait_for(worker, lambda e: e.get("event") == "echo" and e.get("peer") == peer
-                                  and e.get("over") == "direct", 10.0)
-            assert checks is not None, lab.log_text(worker)[-3000:]
+def keys_dialer_first() -> tuple[str, str]:
+    """Two identities, the first with the lower peer ID: the worker holding it is the one that dials."""
+    one, two = sorted((Identity.from_seed(os.urandom(32)) for _ in range(2)), key=lambda i: str(i.peer_id))
+    return one.encoded(), two.encoded()
 
 
-def test_a_port_randomising_nat_keeps_the_workers_relayed_and_talking():
-    relay = relay_identity()
-    with NatLab(random_fully=True) as lab:
-        lab.start_stack(relay.encoded(), str(relay.peer_id), {"HOLEPUNCH_TIMEOUT": "6"})
-        a, b = started_peer_id(lab, "worker-a"), started_peer_id(lab, "worker-b")
-        for worker, peer in (("worker-a", b), ("worker-b", a)):
-            seen = connected_to_peer(lab, worker, peer)
-            assert seen["path"] == "relayed", seen
-            assert seen["over"] == "relayed" and seen["rtt_ms"] > 0, seen
-        assert any(e.get("event") == "stay_relayed" for e in lab.events("worker-a") + lab.events("worker-b"))
+def connect(lab: NatLab, cell: Cell, env: dict[str, str] | None = None):
+    """Start the cell's pair, the worker on cell.hosts[0] dialing; -> (pair, its event, the other's event)."""
+    pair = start_pair(lab, cell, cell.name.replace("/", "-"), keys=keys_dialer_first(), env=env)
+    seen = connected_events(lab, pair, 45.0)
+    for name, event in zip(pair.names, seen):
+        assert event is not None, f"{name} never connected; its log:\n{lab.log_text(name)[-4000:]}"
+    return pair, seen[0], seen[1]
+
+
+def story(lab: NatLab, pair) -> str:
+    """Both workers' holepunch lines, for a failure message."""
+    return "\n".join(f"{name}: {e['message']}" for name in pair.names for e in lab.events(name)
+                     if e.get("event") not in (None, "echo"))
+
+
+def later_echo_over(lab: NatLab, pair, over: str) -> None:
+    """Both workers keep exchanging echo frames with each other over `over` after connecting."""
+    for name, peer in zip(pair.names, reversed(pair.peers)):
+        echo = lab.wait_for(name, lambda e: e.get("event") == "echo" and e.get("peer") == peer
+                            and e.get("over") == over, 10.0)
+        assert echo is not None, story(lab, pair)
+
+
+def test_every_router_delays_its_wan_link_both_ways(lab):
+    set_routers(lab, CELL["port-restricted"])
+    through_one_router = lab.ping("a", PUBLIC_IP)  # router A out and back: 2 x 25 ms
+    through_two = lab.ping("a", SITES["b"].wan_ip)  # A out, B in, B out, A in: 4 x 25 ms
+    assert 2 * DELAY_MS <= through_one_router < 2 * DELAY_MS + 15, through_one_router
+    assert 4 * DELAY_MS <= through_two < 4 * DELAY_MS + 25, through_two
+    assert lab.ping("a", HOSTS["a2"][1]) < 5  # the LAN behind a router is not delayed
+
+
+@pytest.mark.parametrize("name", ["full-cone", "public/port-restricted", "hairpin"])
+def test_a_dial_to_the_peers_registered_address_connects_directly(lab, name):
+    # full cone: the NAT forwards the dial to the observed address; public: the NATed peer dials out;
+    # hairpin: one public address for both, so the dial policy allows the peer's LAN address
+    pair, dialer, dialed = connect(lab, CELL[name])
+    try:
+        for seen, initiated_by in ((dialer, "us"), (dialed, "them")):
+            assert seen["path"] == "direct" and seen["over"] == "direct", story(lab, pair)
+            assert seen["initiated_by"] == initiated_by, story(lab, pair)
+        if name == "hairpin":  # over the LAN, which no router delays
+            assert dialer["rtt_ms"] < 2 * DELAY_MS, dialer
+        else:
+            assert dialer["rtt_ms"] >= 4 * DELAY_MS, dialer
+    finally:
+        stop_pair(lab, pair)
+
+
+@pytest.mark.parametrize("name", ["address-restricted", "port-restricted"])
+def test_cone_nats_on_both_sides_end_hole_punched(lab, name):
+    pair, dialer, dialed = connect(lab, CELL[name])
+    try:
+        for seen in (dialer, dialed):
+            assert seen["path"] == "hole-punched", story(lab, pair)
+            assert seen["over"] == "direct" and seen["rtt_ms"] >= 4 * DELAY_MS, seen  # echoed over the punch
+        # the dialer went through the relay first, and says how long the upgrade took
+        assert dialer["initiated_by"] == "us" and dialer["time_to_direct"] > 0, story(lab, pair)
+        later_echo_over(lab, pair, "direct")
+    finally:
+        stop_pair(lab, pair)
+
+
+@pytest.mark.parametrize("name", ["symmetric", "sequential"])
+def test_endpoint_dependent_mapping_on_both_sides_stays_relayed_and_talking(lab, name):
+    pair, dialer, dialed = connect(lab, CELL[name], env={"HOLEPUNCH_TIMEOUT": "6"})
+    try:
+        for seen in (dialer, dialed):
+            assert seen["path"] == "relayed" and seen["over"] == "relayed" and seen["rtt_ms"] > 0, story(lab, pair)
+        assert any(e.get("event") == "stay_relayed" for name in pair.names for e in lab.events(name))
+        later_echo_over(lab, pair, "relayed")
+    finally:
+        stop_pair(lab, pair)
