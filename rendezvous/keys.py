@@ -18,10 +18,11 @@ class NamespaceKeys:
     sources: str  # ZSET source -> how many live registrations it holds here (for fair shares when full)
     source_of: str  # HASH member -> the source that registered it
     by_source_prefix: str  # + source: ZSET member -> sequence, a source's registrations oldest first
+    events: str  # STREAM of join/renew/leave/expire while watched, e=kind r=stored record (rendezvous/watch.py)
 
-    def all(self) -> tuple[str, str, str, str, str]:
+    def all(self) -> tuple[str, str, str, str, str, str]:
         """The keys every namespace script declares (the per-source sets share their slot)."""
-        return self.expiries, self.sequence, self.records, self.sources, self.source_of
+        return self.expiries, self.sequence, self.records, self.sources, self.source_of, self.events
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,8 @@ class KeySchema:
 
     def namespace(self, namespace: str) -> NamespaceKeys:
         tag = f"{self.prefix}:{{ns:{namespace}}}"
-        return NamespaceKeys(f"{tag}:exp", f"{tag}:seq", f"{tag}:rec", f"{tag}:src", f"{tag}:who", f"{tag}:by:")
+        return NamespaceKeys(f"{tag}:exp", f"{tag}:seq", f"{tag}:rec", f"{tag}:src", f"{tag}:who", f"{tag}:by:",
+                             f"{tag}:events")
 
     def peer(self, peer_id: str) -> PeerKeys:
         tag = f"{self.prefix}:{{peer:{peer_id}}}"
@@ -52,6 +54,10 @@ class KeySchema:
     def held_by(self, source: str) -> str:
         """ZSET namespace + NUL + peer ID -> expiry: the live registrations a source holds (its quota)."""
         return f"{self.prefix}:{{ip:{source}}}:held"
+
+    def watchers(self, source: str) -> str:
+        """ZSET watcher ID -> lease expiry: the watch streams a source holds open, on every replica together."""
+        return f"{self.prefix}:{{ip:{source}}}:watchers"
 
     def namespaces(self) -> str:
         """ZSET namespace -> latest expiry in it: which namespaces have live peers (for metrics)."""

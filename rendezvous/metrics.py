@@ -17,6 +17,15 @@ LIVE_PEERS = Gauge("rendezvous_live_peers", "Live registrations per namespace (r
 STORE_ERRORS = Counter("rendezvous_store_errors_total", "Requests refused because Redis was unavailable")
 REDIS_LATENCY = Histogram("rendezvous_redis_round_trip_seconds", "One pipelined round trip to Redis, by operation",
                           ["operation"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1))
+# named <thing>_<unit> as every gauge here (tests/test_observability.py): a watcher is a peer (a worker, a page)
+WATCHERS = Gauge("rendezvous_watching_peers", "Watch streams (GET /peers/watch) open on this replica")
+WATCH_EVENTS = Counter("rendezvous_watch_events_total",
+                       "Events sent to watchers by kind (join, renew, leave, expire, snapshot, resync)", ["kind"])
+WATCH_LAG = Histogram("rendezvous_watch_event_lag_seconds",
+                      "From a change's write in Redis (its stream entry ID, Redis clock) to its event's send here",
+                      buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+WATCH_REFUSED = Counter("rendezvous_watch_refused_total", "Watch streams refused by cap (source, replica)",
+                        ["cap"])
 REDIS_ERRORS = Counter("rendezvous_redis_errors_total", "Round trips to Redis that failed (connection, timeout)")
 
 

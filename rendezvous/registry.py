@@ -18,6 +18,7 @@ from rendezvous.cookie import START, CookieCodec
 from rendezvous.record import Registration
 from rendezvous.settings import Settings
 from rendezvous.store import Store
+from rendezvous.watch import Hub, Watch
 from shared.envelope import (PEER_RECORD_DOMAIN, b58encode, check_peer_record, open_envelope, peer_record_addrs,
                              public_key_from_peer_id)
 from shared.errors import ApiError, ErrorCode
@@ -51,6 +52,7 @@ class Registry:
         self.settings = settings
         self.limits = settings.limits
         self.cookies = CookieCodec(settings.cookie_key)
+        self.watches = Hub(store, settings.limits)
 
     # --- registering ---------------------------------------------------------------------------------------
 
@@ -190,6 +192,25 @@ class Registry:
                 break
         next_cookie = self.cookies.encode(ALL_NAMESPACES, f"{at_namespace}\n{cursor}") if at_namespace else ""
         return Found(now_ms, found, next_cookie, more)
+
+    # --- watching -------------------------------------------------------------------------------------------
+
+    async def watch(self, namespace: str, cookie: str | None, last_event_id: str | None, client_ip: str,
+                    alive: Callable[[], bool]) -> Watch:
+        """A watch stream of `namespace` (counted against its source first, as every request is): from
+        `last_event_id` (an event ID from any replica), else from a GET /peers `cookie`'s position, else
+        from a snapshot. A position the namespace's events no longer cover begins with `resync`."""
+        source = rules.source(client_ip)
+        await self.store.count_request(source)
+        namespace = rules.check_namespace(namespace)
+        resume = (last_event_id or "").strip() or None
+        resuming = resume is not None
+        if resume is None and cookie:
+            cursor = self.cookies.decode(namespace, cookie)  # a sequence number: Redis's clock in us
+            if cursor != START:
+                # every change after the cookie's registration was written in that millisecond or later
+                resume = f"{int(cursor) // 1000 - 1}-{2 ** 64 - 1}"
+        return await self.watches.open(namespace, source, resume, resuming, alive)
 
     async def lookup(self, namespace: str, peer_id: str, client_ip: str) -> tuple[int, bytes | None]:
         public_key_from_peer_id(peer_id)  # a clear error for a malformed ID

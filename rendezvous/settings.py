@@ -38,6 +38,14 @@ class Limits:
     max_registration_bytes: int = 2048
     max_registrations_per_source: int = 10_000
     redis_high_water_percent: int = 80
+    watch_max_per_source: int = 20
+    watch_max_per_replica: int = 10_000
+    watch_heartbeat_seconds: int = 15
+    # Cloud Run ends a request at its timeout (300 s unless the service sets one; terraform/ sets none): a
+    # watch stream ends cleanly before, and the client resumes with Last-Event-ID
+    watch_max_seconds: int = 270
+    watch_stream_max_events: int = 1000
+    watch_resume_seconds: int = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +175,18 @@ OPTIONS = [
     Option("--demo-relay-addrs", "DEMO_RELAY_ADDRS", comma_list, "",
            "comma-separated relay WebSocket multiaddrs for the page, instead of the registered ones"),
     Option("--demo-ice-servers", "DEMO_ICE_SERVERS", comma_list, "", "comma-separated ICE server URLs for the page"),
+    _limit("--watch-max-per-source", "WATCH_MAX_PER_SOURCE", 1, 1_000_000,
+           "watch streams (GET /peers/watch) one source may hold open, all replicas together"),
+    _limit("--watch-max-per-replica", "WATCH_MAX_PER_REPLICA", 1, 10_000_000, "watch streams one replica serves"),
+    _limit("--watch-heartbeat-seconds", "WATCH_HEARTBEAT_SECONDS", 1, 3600,
+           "seconds between heartbeat comments on an idle watch stream (so proxies keep it open)"),
+    _limit("--watch-max-seconds", "WATCH_MAX_SECONDS", 1, 86_400,
+           "a watch stream ends cleanly after this long (below the platform's request timeout); the client "
+           "resumes with Last-Event-ID"),
+    _limit("--watch-stream-max-events", "WATCH_STREAM_MAX_EVENTS", 1, 10_000_000,
+           "events a namespace's stream keeps (about: Redis trims whole blocks); a watcher further behind resyncs"),
+    _limit("--watch-resume-seconds", "WATCH_RESUME_SECONDS", 1, 86_400,
+           "how long a namespace's events are kept for watchers to resume from (within the length bound)"),
     *OBSERVABILITY_OPTIONS,
 ]
 _OPTION = {option.dest: option for option in OPTIONS}

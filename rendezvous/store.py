@@ -38,13 +38,16 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_MS = 60_000
 STORE_RETRY_AFTER_S = 2
 STORE_FULL_RETRY_AFTER_S = 60
-# How stale the high-water reading may be: one INFO per replica per second, or per 100 registrations when
-# they come faster (bounding how far past the mark a burst can write before it is seen).
+# How stale the high-water reading may be: one INFO per replica per second, or per 50 registrations when
+# they come faster (bounding how far past the mark a burst can write before it is seen). 50, not 100, since
+# a registration in a watched namespace takes about twice the memory: its record, and its event's copy.
 MEMORY_CHECK_INTERVAL_S = 1.0
-MEMORY_CHECK_WRITES = 100
+MEMORY_CHECK_WRITES = 50
 SMALL_SOURCE_QUOTA = 10  # past the fair-share mark, what a source may still hold and add to
 FAIR_SHARE_MARGIN = 10  # percentage points below the high-water mark
 METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers gauge
+SWEEP_LIMIT = 1000  # expiries one sweep tells of; the rest wait for the next sweep, half a second later
+READ_SOCKET_TIMEOUT_S = 10.0  # above any XREAD BLOCK the watchers ask for (watch.py READ_BLOCK_MS)
 # Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
 # Redis lacks (after a restart or SCRIPT FLUSH) is a NOSCRIPT reply, never a name missing on our side.
 _SHA = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in lua.ALL.items()}
@@ -64,6 +67,19 @@ class StoreUnavailable(ApiError):
                          retry_after=STORE_RETRY_AFTER_S)
 
 
+def connect_reader(settings: Settings, backend: RespConnection | RedisPyBackend) -> Any:
+    """A redis-py client for the event streams' blocking reads (XREAD BLOCK), apart from the pipelining
+    connection: a blocked read there would hold up every request queued behind it. Each namespace's reader
+    takes a connection of its own from the client's pool while it waits."""
+    if settings.embedded:
+        return backend.client  # fakeredis: one process, nothing to block
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(settings.redis_url, socket_connect_timeout=2.0,
+                                              socket_timeout=READ_SOCKET_TIMEOUT_S)
+    return aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0,
+                                   socket_timeout=READ_SOCKET_TIMEOUT_S)
+
+
 def connect(settings: Settings) -> RespConnection | RedisPyBackend:
     """The connection for REDIS_URL (a single node or a Cluster), or the embedded in-process store."""
     if settings.embedded:
@@ -79,8 +95,9 @@ def connect(settings: Settings) -> RespConnection | RedisPyBackend:
 async def open_store(settings: Settings) -> "Store":
     """A store on `settings`' Redis (or the embedded one), its scripts loaded when Redis answers."""
     # the embedded store has no maxmemory to watch (and fakeredis no INFO)
-    store = Store(connect(settings), KeySchema(settings.key_prefix), settings.limits,
-                  watch_memory=not settings.embedded)
+    backend = connect(settings)
+    store = Store(backend, KeySchema(settings.key_prefix), settings.limits, watch_memory=not settings.embedded,
+                  reader=connect_reader(settings, backend))
     if settings.embedded:
         log.warning("store: embedded in-process store (fakeredis); registrations live only as long as this "
                     "process and are not shared with other replicas; set REDIS_URL for production")
@@ -95,8 +112,9 @@ async def open_store(settings: Settings) -> "Store":
 
 class Store:
     def __init__(self, redis: RespConnection | RedisPyBackend, keys: KeySchema, limits: Limits,
-                 watch_memory: bool = True):
+                 watch_memory: bool = True, reader: Any = None):
         self.redis = redis
+        self.reader = reader  # redis-py client for the event streams' reads (connect_reader); None: no watching
         self.keys = keys
         self.limits = limits
         self._warnings = RepeatedWarnings(log)
@@ -107,13 +125,15 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        if self.reader is not None and self.reader is not getattr(self.redis, "client", None):
+            await self.reader.aclose()
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
     async def load_scripts(self) -> None:
-        """Load every Lua script into Redis (every primary, on a Cluster), so requests can run them by SHA."""
-        for source in lua.ALL.values():
-            await self.redis.script_load(source)
+        """Load the requests' Lua scripts into Redis (every primary, on a Cluster), so they run by SHA."""
+        for name in lua.AT_START:
+            await self.redis.script_load(lua.ALL[name])
 
     async def _pipeline(self, build: Callable[["_Batch"], None], full_ok: tuple[int, ...] = ()) -> list:
         """Run the commands `build` adds as one round trip. The scripts that met NOSCRIPT (Redis restarted,
@@ -221,7 +241,7 @@ class Store:
 
             def write(batch):
                 batch.script("register", ns.all(), reg.public_key, record.encode(reg),
-                             ttl_ms, self.limits.max_peers_per_namespace, source)
+                             ttl_ms, self.limits.max_peers_per_namespace, source, *self._event_bounds())
                 expires = int(time.time() * 1000) + ttl_ms  # for indexes only: this replica's clock will do
                 batch.call("ZADD", self.keys.namespaces(), "GT", expires, reg.namespace)  # live-peers metric
                 batch.call("ZADD", held, "XX", "GT", expires, entry)  # a renewal's quota place lasts as long
@@ -286,6 +306,10 @@ class Store:
             raise ApiError(ErrorCode.PEER_REGISTRATION_LIMIT, f"the peer is registered in its maximum of "
                            f"{self.limits.max_registrations_per_peer} namespaces")
 
+    def _event_bounds(self) -> tuple[int, int]:
+        """The last two arguments of every script that writes a namespace's event stream (lua.py _EVENTS)."""
+        return self.limits.watch_stream_max_events, self.limits.watch_resume_seconds * 1000
+
     def _nonce_ttl_ms(self) -> int:
         # a nonce must be remembered as long as its timestamp could still pass the window check
         return 2 * self.limits.timestamp_window * 1000 + 1000
@@ -342,13 +366,48 @@ class Store:
 
         def remove(batch):
             for name in namespaces:
-                batch.script("unregister", self.keys.namespace(name).all(), member)
+                batch.script("unregister", self.keys.namespace(name).all(), member, *self._event_bounds())
             batch.call("ZREM", index, *namespaces)
 
         *removed, _ = await self._pipeline(remove)
         for name, (_, source) in zip(namespaces, removed):
             await self._release_held(name, [(source, member)])
         return [name for name, (was_live, _) in zip(namespaces, removed) if was_live]
+
+    # --- watching (rendezvous/watch.py) --------------------------------------------------------------------
+
+    async def sweep(self, namespace: str) -> tuple[int, str, str, str]:
+        """Tell of the namespace's expired registrations (at most SWEEP_LIMIT) as `expire` events, and keep its
+        event stream (which exists while it is watched).
+        -> (how many expired, the stream's first entry ID, its last, the last it trimmed)."""
+        [(expired, first, last, trimmed)] = await self._pipeline(lambda batch: batch.script(
+            "sweep", self.keys.namespace(namespace).all(), SWEEP_LIMIT, *self._event_bounds()))
+        return expired, _text(first), _text(last), _text(trimmed)
+
+    async def read_events(self, namespace: str, after: str, count: int,
+                          block_ms: int | None = None) -> list[tuple[str, bytes, bytes]]:
+        """Events of the namespace's stream after entry `after`: (entry ID, kind, stored record). With
+        `block_ms`, wait that long for the first one (XREAD BLOCK, on the reader's own connection)."""
+        key = self.keys.namespace(namespace).events
+        try:
+            if block_ms is None:
+                entries = await self.reader.xrange(key, f"({after}", "+", count=count)
+            else:
+                replies = await self.reader.xread({key: after}, count=count, block=block_ms)
+                entries = replies[0][1] if replies else []  # [[key, entries]]: one stream asked
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            raise self._unavailable(exc) from None
+        return [(_text(entry_id), fields.get(b"e", b""), fields.get(b"r", b"")) for entry_id, fields in entries]
+
+    async def hold_watcher(self, source: str, watcher: str, cap: int, lease_ms: int) -> bool:
+        """Take (cap > 0) or renew (cap 0) a lease on one of the source's places for watch streams."""
+        [admitted] = await self._pipeline(lambda batch: batch.script(
+            "watcher", [self.keys.watchers(source)], watcher, lease_ms, cap))
+        return bool(admitted)
+
+    async def release_watcher(self, source: str, watcher: str) -> None:
+        await self._undo([("ZREM", self.keys.watchers(source), watcher)])
 
     async def live_namespaces(self, limit: int) -> list[str]:
         """Namespaces holding live registrations, in name order (this replica's clock decides "live")."""
@@ -370,6 +429,10 @@ class Store:
 
         counts = await self._pipeline(count)
         return dict(zip(names, counts))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _held_entry(namespace: str, member: bytes) -> bytes:

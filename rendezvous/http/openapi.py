@@ -67,6 +67,30 @@ def document(settings: Settings) -> dict:
                                                   "schema": {"$ref": "#/components/schemas/Peer"}}}},
                                       **errors(400, 429, 503)}},
             },
+            "/peers/watch": {
+                "get": {"summary": "Watch a namespace: its changes as Server-Sent Events (EventSource)",
+                        "description": (
+                            "First a `snapshot` event (data: {Namespace, Peers}), or, with Last-Event-ID (an event "
+                            "ID from any replica) or a GET /peers `cookie`, the changes after that position. Then "
+                            "`join`, `renew`, `leave`, `expire`, each with a Peer (TTL 0 for leave and expire) and "
+                            "an `id:` to resume from. A position the namespace's events no longer hold (past "
+                            f"{limits.watch_stream_max_events} events or {limits.watch_resume_seconds} s) gets "
+                            "`resync`, then a fresh snapshot; a change may be told twice, never missed. Expiries are "
+                            "told within a second. A heartbeat comment every "
+                            f"{limits.watch_heartbeat_seconds} s; the stream ends after "
+                            f"{limits.watch_max_seconds} s, and the client resumes with Last-Event-ID. At most "
+                            f"{limits.watch_max_per_source} open streams per address, all replicas together."),
+                        "parameters": [namespace,
+                                       {"name": "cookie", "in": "query", "required": False,
+                                        "description": "Cookie of a GET /peers page: the changes after it, no snapshot",
+                                        "schema": {"type": "string", "pattern": COOKIE_PATTERN}},
+                                       {"name": "Last-Event-ID", "in": "header", "required": False,
+                                        "description": "The last event ID received: resume after it",
+                                        "schema": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}}],
+                        "responses": {"200": {"description": "The event stream",
+                                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                      **errors(400, 429, 503)}},
+            },
             "/peers/{peer_id}": {
                 "get": {"summary": "One peer's live registration in a namespace", "parameters": [peer_id, namespace],
                         "responses": {"200": {"description": "The peer", "content": _json("Peer")},

@@ -10,7 +10,7 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rendezvous import metrics, record, rules
+from rendezvous import metrics, record, rules, watch as watching
 from rendezvous.http import openapi as openapi_document
 from rendezvous.registry import Registry
 from rendezvous.settings import Settings
@@ -83,6 +83,48 @@ async def discover(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
+def sse(event: watching.Event) -> bytes:
+    """One Server-Sent Event (the text/event-stream format): a comment for a heartbeat."""
+    if event is watching.HEARTBEAT:
+        return b": heartbeat\n\n"
+    if event is watching.END:
+        return b": the stream ends here; reconnect with Last-Event-ID to go on\n\n"
+    head = b"id: %s\n" % event.id.encode() if event.id is not None else b""
+    return head + b"event: %s\ndata: %s\n\n" % (event.kind.encode(), event.data)
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    """The namespace's changes as Server-Sent Events: a snapshot (or a resume), then join, renew, leave,
+    expire; refusals (429, 503) come before the stream begins, as JSON like every other."""
+    session = await request.app[REGISTRY].watch(_namespace_param(request), request.query.get("cookie"),
+                                                request.headers.get("Last-Event-ID"), client_ip(request),
+                                                alive=lambda: _connected(request))
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                               "X-Accel-Buffering": "no"})  # proxies must not hold events back
+        # the middleware adds the CORS headers once the handler returns, after a stream's headers are sent;
+        # EventSource across origins needs only this one (app.py CORS_HEADERS has it too)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        await response.prepare(request)
+        # EventSource waits `retry` ms before reconnecting; the default (about 3 s) would be most of the lag
+        await response.write(b"retry: 1000\n\n")
+        try:
+            async for event in session.events():
+                await response.write(sse(event))
+        except ApiError as exc:  # Redis went away while the stream was being read: the client resumes later
+            log.info("watch stream ended: %s", exc.message)
+        except ConnectionError:
+            raise ClientGone() from None
+        return response
+    finally:
+        await session.close()
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 async def lookup(request: web.Request) -> web.Response:
     namespace, peer_id = _namespace_param(request), request.match_info["peer_id"]
     now_ms, stored = await request.app[REGISTRY].lookup(namespace, peer_id, client_ip(request))
@@ -132,9 +174,22 @@ async def openapi(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/peers", register)
     app.router.add_get("/peers", discover)
+    app.router.add_get("/peers/watch", watch)  # before /peers/{peer_id}: "watch" is never a peer ID
     app.router.add_get("/peers/{peer_id}", lookup)
     app.router.add_delete("/peers/{peer_id}", deregister)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
+    app.on_startup.append(_start_watching)  # after the registry's start (cleanup_ctx runs first)
+    app.on_shutdown.append(_stop_watching)  # before the store closes under the readers
+
+
+async def _start_watching(app: web.Application) -> None:
+    app[REGISTRY].watches.start()
+
+
+async def _stop_watching(app: web.Application) -> None:
+    """At shutdown (after the drain, which the open streams outlast): end every stream cleanly, so its client
+    resumes on another replica with Last-Event-ID, then stop the readers."""
+    await app[REGISTRY].watches.close()
