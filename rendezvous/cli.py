@@ -15,6 +15,7 @@ from typing import Sequence
 from aiohttp import web
 
 from rendezvous.http.app import FAILURE, IN_FLIGHT, create_app
+from rendezvous.http.routes import REGISTRY
 from rendezvous.settings import Settings
 from shared.runner import start
 
@@ -53,6 +54,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
             loop.add_signal_handler(signum, in_flight.stopping.set)
         await in_flight.stopping.wait()
         await site.stop()  # no new connections; the balancer sends them to another replica
+        await app[REGISTRY].watches.close()  # watch streams end now, cleanly: their clients resume elsewhere
         log.info("stopping: draining the requests in flight", extra={"in_flight": in_flight.count})
         await asyncio.sleep(ARRIVAL_SECONDS)  # requests already on the wire reach their handlers (and count)
         if not await in_flight.drained(DRAIN_SECONDS):

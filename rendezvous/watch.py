@@ -182,13 +182,13 @@ class Hub:
             raise ApiError(ErrorCode.STORE_UNAVAILABLE, "this replica is stopping; reconnect", retry_after=1)
         if self.watchers >= self.limits.watch_max_per_replica:
             metrics.WATCH_REFUSED.labels("replica").inc()
-            raise ApiError(ErrorCode.RATE_LIMITED, f"this replica serves its maximum of "
+            raise ApiError(ErrorCode.WATCHERS_FULL, f"this replica serves its maximum of "
                            f"{self.limits.watch_max_per_replica} watch streams; retry (another replica may)",
                            retry_after=1)
         watcher = uuid.uuid4().hex
         if not await self.store.hold_watcher(source, watcher, self.limits.watch_max_per_source, self._lease_ms()):
             metrics.WATCH_REFUSED.labels("source").inc()
-            raise ApiError(ErrorCode.RATE_LIMITED, f"this address holds its maximum of "
+            raise ApiError(ErrorCode.WATCHERS_FULL, f"this address holds its maximum of "
                            f"{self.limits.watch_max_per_source} open watch streams", retry_after=5)
         self.watchers += 1
         metrics.WATCHERS.inc()

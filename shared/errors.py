@@ -32,6 +32,7 @@ class ErrorCode(enum.Enum):
     NAMESPACE_FULL = ("namespace_full", 507)
     STORE_FULL = ("store_full", 507)
     SOURCE_QUOTA = ("source_quota", 429)
+    WATCHERS_FULL = ("watchers_full", 429)  # too many open watch streams, from this source or on this replica
     RATE_LIMITED = ("rate_limited", 429)
     UNAUTHORIZED = ("unauthorized", 401)
     NOT_FOUND = ("not_found", 404)

@@ -230,7 +230,7 @@ async def test_the_per_source_cap_of_watchers_holds_across_replicas(replicas, ht
         streams = [await open_streams.enter_async_context(watching(http, base, "capped")) for base in (a, b, a, b)]
         for base in (a, b):
             refused = await http.get(f"{base}/peers/watch", params={"namespace": "capped"})
-            assert refused.status == 429 and (await refused.json())["error"] == "rate_limited"
+            assert refused.status == 429 and (await refused.json())["error"] == "watchers_full"
         streams[0].response.close()
         await asyncio.sleep(1.5)  # A sees the closed connection (within a second) and gives the place back
         async with watching(http, b, "capped") as stream:
@@ -331,3 +331,43 @@ async def test_the_per_replica_cap_of_watchers(redis_server, key_prefix):
         assert 'rendezvous_watch_refused_total{cap="replica"} 1.0' in metrics
         for response in open_streams:
             response.close()
+
+
+async def test_a_draining_replica_ends_its_watch_streams_at_once(redis_server, http):
+    """SIGTERM: open streams end cleanly right away (their clients resume on another replica with
+    Last-Event-ID), so a watcher does not hold the replica through its whole drain."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.servers import free_port
+
+    port = free_port()
+    env = {**__import__("os").environ, "HOST": "127.0.0.1", "PORT": str(port), "REDIS_URL": redis_server.url,
+           "COOKIE_HMAC_KEY": COOKIE_KEY.decode(), "KEY_PREFIX": f"drain-{time.monotonic_ns()}",
+           "TRUSTED_PROXY_HOPS": "1", "LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "rendezvous.cli"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    if (await http.get(f"{base}/healthz")).status == 200:
+                        break
+                await asyncio.sleep(0.1)
+        async with watching(http, base, "draining") as stream:
+            assert (await stream.next())["event"] == "snapshot"
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            with pytest.raises(EOFError):  # the stream ends (with its closing comment), well before 5 s
+                while True:
+                    await stream.next(5)
+            ended = time.monotonic() - started
+            assert any("reconnect with Last-Event-ID" in c for c in stream.comments)
+            assert await asyncio.to_thread(proc.wait, 10) == 0
+            assert ended < 3  # not the 8 s drain
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
