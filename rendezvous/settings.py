@@ -54,6 +54,7 @@ class Settings:
     port: int = 8080
     redis_url: str | None = None  # None: the embedded in-process store
     redis_cluster: bool = False
+    redis_iam_auth: bool = False
     cookie_key: bytes = b""
     admin_token: str | None = None
     default_namespace: str = "default"
@@ -124,6 +125,9 @@ OPTIONS = [
            "redis://, rediss:// (TLS) or unix:// URL, AUTH as rediss://:PASSWORD@host:6378/0; unset: the embedded "
            "in-process store", secret=True),
     Option("--redis-cluster", "REDIS_CLUSTER", boolean, "false", "REDIS_URL is a Redis Cluster"),
+    Option("--redis-iam-auth", "REDIS_IAM_AUTH", boolean, "false",
+           "authenticate to the Redis Cluster with the service account's access token (Memorystore for Redis "
+           "Cluster's IAM AUTH), fetched from the metadata server"),
     Option("--cookie-key", "COOKIE_HMAC_KEY", _secret(COOKIE_KEY_MIN_CHARS), None,
            f"key of the discovery cookies' HMAC, at least {COOKIE_KEY_MIN_CHARS} characters, the same on every "
            "replica; required with REDIS_URL (unset: random, embedded store only)", secret=True),

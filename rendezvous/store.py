@@ -75,9 +75,19 @@ def connect_reader(settings: Settings, backend: RespConnection | RedisPyBackend)
         return backend.client  # fakeredis: one process, nothing to block
     if settings.redis_cluster:
         return aioredis.RedisCluster.from_url(settings.redis_url, socket_connect_timeout=2.0,
-                                              socket_timeout=READ_SOCKET_TIMEOUT_S)
+                                              socket_timeout=READ_SOCKET_TIMEOUT_S, **_cluster_auth(settings))
     return aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0,
                                    socket_timeout=READ_SOCKET_TIMEOUT_S)
+
+
+def _cluster_auth(settings: Settings) -> dict:
+    """Memorystore for Redis Cluster authenticates by IAM: each new connection presents the service
+    account's access token (REDIS_IAM_AUTH); a password in REDIS_URL works as with any Redis."""
+    if not settings.redis_iam_auth:
+        return {}
+    from shared.secrets import AccessTokenCredentials
+
+    return {"credential_provider": AccessTokenCredentials()}
 
 
 def connect(settings: Settings) -> RespConnection | RedisPyBackend:
@@ -88,7 +98,7 @@ def connect(settings: Settings) -> RespConnection | RedisPyBackend:
         return RedisPyBackend(fakeredis.FakeAsyncRedis())
     if settings.redis_cluster:
         return RedisPyBackend(aioredis.RedisCluster.from_url(settings.redis_url, socket_connect_timeout=2.0,
-                                                             socket_timeout=2.0))
+                                                             socket_timeout=2.0, **_cluster_auth(settings)))
     return RespConnection(settings.redis_url)
 
 

@@ -52,6 +52,11 @@ resource "google_cloud_run_v2_service" "rendezvous" {
         value = local.redis_cluster ? "true" : "false"
       }
       env {
+        # the cluster's AUTH is IAM: each connection presents the service account's access token
+        name  = "REDIS_IAM_AUTH"
+        value = local.redis_cluster ? "true" : "false"
+      }
+      env {
         name = "COOKIE_HMAC_KEY"
         value_source {
           secret_key_ref {

@@ -158,8 +158,9 @@ def redis_mode_picks_one_store(tree: Tree) -> list[str]:
     template = _first(tree.get("google_cloud_run_v2_service", "rendezvous").get("template"))
     env = {_first(e).get("name"): _first(e).get("value")
            for e in _first((template or {}).get("containers", [{}])).get("env", [])}
-    if env.get("REDIS_CLUSTER") != '${local.redis_cluster ? "true" : "false"}':
-        problems.append("the rendezvous's REDIS_CLUSTER does not follow redis_mode")
+    for name in ("REDIS_CLUSTER", "REDIS_IAM_AUTH"):  # the cluster is routed by slot, and its AUTH is IAM
+        if env.get(name) != '${local.redis_cluster ? "true" : "false"}':
+            problems.append(f"the rendezvous's {name} does not follow redis_mode")
     # the conditional's first branch is cluster mode's
     endpoint = "google_redis_cluster.store[0].discovery_endpoints[0]"
     for secret, cluster_parts, instance_part in [

@@ -76,6 +76,8 @@ def test_the_terraform_pieces_exist_reference_each_other_and_are_secure():
     ("redis.tf", "count                   = local.redis_cluster ? 0 : 1", "count                   = 1",
      "instance is not made exactly when redis_mode is instance"),
     ("run.tf", 'value = local.redis_cluster ? "true" : "false"', 'value = "false"', "REDIS_CLUSTER does not follow"),
+    ("run.tf", 'name  = "REDIS_IAM_AUTH"\n        value = local.redis_cluster ? "true" : "false"',
+     'name  = "REDIS_IAM_AUTH"\n        value = "false"', "REDIS_IAM_AUTH does not follow"),
     ("secrets.tf", "? \"rediss://${google_redis_cluster.store[0].discovery_endpoints[0].address}",
      "? \"rediss://${google_redis_cluster.store[0].psc_connections[0].address}", "redis_url secret is not the cluster's"),
     ("iam.tf", 'member  = "serviceAccount:${google_service_account.rendezvous.email}"\n  condition',

@@ -79,3 +79,13 @@ def test_the_observability_options_are_read_once_by_every_role(parse):
         "/tmp/spans.jsonl", "p", "DEBUG", "ERROR")
     assert parse([], {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}).observability.otlp_endpoint \
         == "http://collector:4318"
+
+
+def test_memorystore_cluster_iam_auth_gives_the_cluster_a_token_provider():
+    from rendezvous.store import _cluster_auth
+    from shared.secrets import AccessTokenCredentials
+
+    settings = Settings.parse([], {**GOOD, "REDIS_CLUSTER": "true", "REDIS_IAM_AUTH": "true"})
+    assert settings.redis_iam_auth and isinstance(_cluster_auth(settings)["credential_provider"],
+                                                  AccessTokenCredentials)
+    assert _cluster_auth(Settings.parse([], {**GOOD, "REDIS_CLUSTER": "true"})) == {}
