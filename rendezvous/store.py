@@ -278,7 +278,7 @@ class Store:
             await self._undo(commands)
 
     async def _memory_level(self) -> float:
-        """Redis's used memory in percent of maxmemory, read at most once a second (or per 100 registrations)
+        """Redis's used memory in percent of maxmemory, read at most once a second (or per MEMORY_CHECK_WRITES registrations)
         per replica; 0 for the embedded store, or when it cannot be read."""
         now = time.monotonic()
         self._writes_since_check += 1
