@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from typing import AsyncIterator
 
 import httpx
 from opentelemetry.trace import SpanKind, StatusCode
@@ -19,6 +20,7 @@ from shared.identity import Identity
 
 log = logging.getLogger("worker.rendezvous")
 PAGE_LIMIT = 100
+WATCH_READ_TIMEOUT = 45.0  # three missed heartbeats: the stream is gone
 MAX_PAGES = 1000  # a server that never says "no more" must not keep us paging forever
 
 
@@ -34,6 +36,13 @@ class RendezvousError(Exception):
     def retryable(self) -> bool:
         """Network faults, 429 and 5xx pass; a 4xx means our request is wrong and resending will not help."""
         return self.status is None or self.status == 429 or self.status >= 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    kind: str  # join | renew | leave | expire
+    entry: "PeerEntry"
+    event_id: str | None  # resume after it (Last-Event-ID)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +138,33 @@ class RendezvousClient:
                 break
         return Discovered(list(peers.values()), cookie, more)
 
+    async def watch(self, namespace: str, last_event_id: str | None = None) -> AsyncIterator[Change]:
+        """The namespace's changes from GET /peers/watch (Server-Sent Events), each with the event ID to resume
+        after: first every peer as a `join` (the snapshot), then join, renew, leave and expire as they happen.
+        Ends when the server ends the stream; raises RendezvousError when it cannot be opened or breaks."""
+        headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+        timeout = httpx.Timeout(10.0, read=WATCH_READ_TIMEOUT)  # heartbeats come every 15 s
+        try:
+            async with self.http.stream("GET", "/peers/watch", params={"namespace": namespace}, headers=headers,
+                                        timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise RendezvousError(f"GET /peers/watch answered {response.status_code}",
+                                          status=response.status_code,
+                                          retry_after=_retry_after(response.headers.get("Retry-After")))
+                event: dict[str, str] = {}
+                async for line in response.aiter_lines():
+                    if line:
+                        field, _, value = line.partition(":")
+                        if field in ("event", "id", "data"):
+                            event[field] = value.removeprefix(" ")
+                        continue
+                    for change in _changes(event):  # a blank line ends an event
+                        yield change
+                    event = {}
+        except httpx.HTTPError as exc:
+            raise RendezvousError(f"GET /peers/watch: {type(exc).__name__}: {exc}") from None
+
     async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         with tracing.span(f"{method} {path}", SpanKind.CLIENT) as span:
             headers = dict(kwargs.pop("headers", None) or {})
@@ -162,6 +198,24 @@ def _json(response: httpx.Response) -> dict:
     if not isinstance(answer, dict):
         raise RendezvousError("the rendezvous answered with JSON that is not an object", status=response.status_code)
     return answer
+
+
+def _changes(event: dict[str, str]) -> list[Change]:
+    """A Server-Sent Event of the watch stream as changes (a snapshot is a join of every peer in it)."""
+    kind, data = event.get("event"), event.get("data")
+    if not kind or data is None:
+        return []  # a comment (heartbeat) or an event without data
+    try:
+        body = json.loads(data)
+    except ValueError:
+        log.warning("rendezvous: skipping a watch event that is not JSON", extra={"event": kind})
+        return []
+    event_id = event.get("id")
+    if kind in ("snapshot", "resync"):
+        peers = body.get("Peers", []) if isinstance(body, dict) else []
+        return [Change("join", e, event_id) for item in peers if (e := _peer_entry(item)) is not None]
+    entry = _peer_entry(body)
+    return [Change(kind, entry, event_id)] if entry is not None else []
 
 
 def _peer_entry(item: object) -> PeerEntry | None:

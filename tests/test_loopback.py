@@ -166,3 +166,25 @@ def wait_for_status(port: int) -> dict:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise AssertionError("the relay never answered /status")
+
+
+def test_a_worker_dials_a_peer_the_moment_it_joins(rendezvous_url):
+    """The first worker's discovery rounds are 30 s apart and its ID is the lower, so it is the one to dial
+    (the newcomer waits for it, up to 8 s, before dialing itself): only the watch stream's join can bring
+    the connection, and it comes within a couple of seconds."""
+    async def body(nursery):
+        import trio
+
+        low, high = ordered_identities(2)
+        first = await start_worker(nursery, worker_settings(rendezvous_url, NAMESPACE="joins",
+                                                            DISCOVER_INTERVAL="30"), low)
+        await until(lambda: first.registrar.registered_addrs, what="the first worker to register")
+        await trio.sleep(1.0)  # its first round is over, and found nobody
+        second = await start_worker(nursery, worker_settings(rendezvous_url, NAMESPACE="joins",
+                                                             DISCOVER_INTERVAL="30"), high)
+        joined = trio.current_time()
+        seen = await until(lambda: record_of(first, second), timeout=20, what="the first worker to connect")
+        took = trio.current_time() - joined
+        print(f"connected {took:.2f} s after the second worker started")
+        assert seen.initiated_by == "us" and took < 4  # not the newcomer's own dial after 8 s
+    run(body)

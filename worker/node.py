@@ -184,6 +184,7 @@ class Worker:
         backoff = Backoff()
         cookie, swept = None, set()
         async with trio.open_nursery() as peer_tasks:  # one task per peer being tended, owned here
+            peer_tasks.start_soon(self._watch, peer_tasks)
             while True:
                 try:
                     with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
@@ -207,10 +208,38 @@ class Worker:
                     self._forget_departed(swept)
                     cookie = None
                 for entry in self._choose(others):
-                    if entry.peer_id not in self._busy:
-                        self._busy.add(entry.peer_id)
-                        peer_tasks.start_soon(self._tend_peer, entry, peer_tasks)
+                    self._start_tending(entry, peer_tasks)
                 await trio.sleep(self.settings.discover_interval)
+
+    async def _watch(self, peer_tasks: trio.Nursery) -> None:
+        """Changes as they happen (GET /peers/watch): a peer that joins is dialed at once, one that leaves or
+        expires is forgotten once no connection to it is left. The discovery rounds go on beside it (they
+        also check each connection) and cover whatever the stream missed while it was broken."""
+        backoff, last_event = Backoff(), None
+        while True:
+            try:
+                async for change in self.rendezvous.watch(self.settings.namespace, last_event):
+                    backoff.reset()
+                    last_event = change.event_id or last_event
+                    peer = change.entry.peer_id
+                    if peer == self.peer_id:
+                        continue
+                    if change.kind == "join" and not getattr(self.peers.get(peer), "connected", False):
+                        self._start_tending(self._dialable([change.entry])[0], peer_tasks)
+                    elif change.kind in ("leave", "expire") and peer not in self._busy \
+                            and not connection_kinds(self.host, ID.from_base58(peer)):
+                        self.tracer.emit(events.Departed(peer))
+            except RendezvousError as exc:  # cannot open, or broke: the rounds carry on meanwhile
+                delay = backoff.next_delay(exc.retry_after)
+                log.info(f"watching the namespace failed: {exc}; again in {delay:.1f} s",
+                         extra={"retry_in": round(delay, 2)})
+                await trio.sleep(delay)
+            # else the server ended the stream (its time limit, or a replica draining): resume at once
+
+    def _start_tending(self, entry: PeerEntry, peer_tasks: trio.Nursery) -> None:
+        if entry.peer_id not in self._busy:
+            self._busy.add(entry.peer_id)
+            peer_tasks.start_soon(self._tend_peer, entry, peer_tasks)
 
     def _dialable(self, entries: list[PeerEntry]) -> list[PeerEntry]:
         """Each entry with only the addresses we may dial (worker/dialable.py); a peer with none left is
