@@ -547,6 +547,15 @@ def plan(directory: pathlib.Path, given: dict[str, Any], full: bool = False,
                     each = scope.value(body["for_each"])
                     instances = [(f'{address}["{k}"]', scope.inner({"each": {"key": k, "value": v}}))
                                  for k, v in (sorted(each.items()) if isinstance(each, dict) else ((x, x) for x in each))]
+                elif "count" in body:  # count = cond ? 1 : 0 picks a mode's resources (redis_mode)
+                    number = scope.value(body["count"])
+                    if isinstance(number, Unknown):
+                        instances = [(f"{address}[?]", scope)]
+                    else:
+                        instances = [(f"{address}[{i}]", scope.inner({"count": {"index": i}}))
+                                     for i in range(int(number))]
+                    if not instances:
+                        continue
                 else:
                     instances = [(address, scope)]
                 count += len(instances)

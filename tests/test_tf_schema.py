@@ -149,3 +149,16 @@ def test_a_resource_on_google_beta_is_checked_against_the_beta_schema(schemas, t
     recording = Recording()
     assert tf_schema.validate(copy, recording) == []
     assert recording.asked.count("google-beta") == 1
+
+
+@pytest.mark.parametrize("mode, made, not_made", [("instance", "google_redis_instance.store", "google_redis_cluster"),
+                                                  ("cluster", "google_redis_cluster.store", "google_redis_instance")])
+def test_the_offline_plan_follows_the_variables(mode, made, not_made):
+    import subprocess
+    import sys
+
+    plan = subprocess.run([sys.executable, "scripts/tf-plan.py", "--brief", "-var", f"redis_mode={mode}"],
+                          cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+    assert f"+ {made}" in plan and f"+ {not_made}" not in plan
+    assert "google_cloud_run_v2_service.rendezvous" in plan and "Plan: " in plan and "Outputs:" in plan
