@@ -4,6 +4,12 @@
 
 Needs wrk (apt-get install wrk) and redis-server. The server under test runs on core 0, wrk and Redis on
 core 1; every figure is compared with a bare aiohttp endpoint measured in the same run.
+
+py-libp2p 0.8.1's own RendezvousService is measured in the same run, the same way: its host process on
+core 0, driven by 8 concurrent py-libp2p RendezvousClients on core 1 (bench/pylibp2p_rendezvous.py), and
+compared with our service under 8 wrk connections. Each row also gives the server's CPU time per request
+(read from /proc across the measured window) and how busy its core was: a server whose core was not
+saturated was limited by its clients, and its CPU time per request is then the fairer comparison.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -59,17 +66,40 @@ def wait_http(port: int, path: str = "/peers", seconds: float = 20) -> None:
     raise RuntimeError(f"nothing listening on port {port}")
 
 
-def wrk(port: int, path: str, duration: int, script: list[str] | None = None) -> dict:
-    command = pinned(1, ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency"])
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; fields 14 and 15 are in clock ticks)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of the children reaped so far (wrk, once subprocess.run has waited for it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def served(pid: int, cpu_before: float, seconds: float, requests: float, client_cpu: float) -> dict:
+    """The server's CPU time per request and its core's busy share over a measured window, and the client's
+    (wrk's or the py-libp2p clients') busy share: whichever side is near 100% set the figure."""
+    cpu = cpu_seconds(pid) - cpu_before
+    return {"cpu_us": 1e6 * cpu / requests if requests else float("nan"), "busy": cpu / seconds,
+            "client_busy": client_cpu / seconds}
+
+
+def wrk(port: int, path: str, duration: int, script: list[str] | None = None, *, server: int,
+        connections: int = 50) -> dict:
+    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"])
     if script:
         command += ["-s", script[0], f"http://127.0.0.1:{port}{path}", "--", *script[1:]]
     else:
         command += [f"http://127.0.0.1:{port}{path}"]
+    cpu_before, client_before = cpu_seconds(server), children_cpu_seconds()
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    client_cpu = children_cpu_seconds() - client_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": _latency(out, "50%"), "p99": _latency(out, "99%"),
-            "errors": int(errors.group(1)) if errors else 0}
+            "errors": int(errors.group(1)) if errors else 0, **served(server, cpu_before, duration, rps * duration, client_cpu)}
 
 
 def _latency(out: str, percentile: str) -> float:
@@ -116,10 +146,44 @@ def used_memory(port: int) -> int:
     return int(re.search(r"used_memory:(\d+)", out).group(1))
 
 
+def pylibp2p(clients: int, duration: int, namespace: str, count: int) -> dict[str, dict]:
+    """py-libp2p's RendezvousService on core 0 driven by its RendezvousClient on core 1, as our service is
+    by wrk: registrations/s, then discoveries of a page of 100 of `count` peers per second."""
+    helper = [sys.executable, str(HERE / "pylibp2p_rendezvous.py")]
+    server = subprocess.Popen(pinned(0, [*helper, "serve", str(free_port()), namespace, str(count)]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        address = server.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the py-libp2p rendezvous server did not start")
+        driver = subprocess.Popen(pinned(1, [*helper, "drive", address, str(clients), str(duration), namespace]),
+                                  stdout=subprocess.PIPE, text=True)
+        results, cpu_before, client_before = {}, 0.0, 0.0
+        for line in driver.stdout:
+            if line.startswith("begin "):
+                cpu_before, client_before = cpu_seconds(server.pid), cpu_seconds(driver.pid)
+                continue
+            window = json.loads(line)
+            row = {"rps": window["ops"] / window["seconds"], "errors": window["errors"],
+                   **served(server.pid, cpu_before, window["seconds"], window["ops"],
+                            cpu_seconds(driver.pid) - client_before)}
+            if window["op"] == "discover" and window["ops"] and window["peers"] != 100 * window["ops"]:
+                row["errors"] += 1  # a short page would flatter it
+            results[window["op"]] = row
+        if driver.wait(60) != 0 or set(results) != {"register", "discover"}:
+            raise RuntimeError("the py-libp2p rendezvous clients failed")
+        return results
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 3 s per load, 10,000 peers")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="concurrent clients for the side-by-side with py-libp2p (default 8)")
     args = parser.parse_args()
     duration = 3 if args.quick else args.duration
     big = 10_000 if args.quick else 100_000
@@ -133,52 +197,82 @@ def main() -> None:
     procs = [subprocess.Popen(pinned(1, ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly",
                                          "no", "--dir", str(work)]), stdout=subprocess.DEVNULL)]
     try:
-        procs.append(subprocess.Popen(pinned(0, [sys.executable, str(HERE / "bare_app.py"), str(bare_port)])))
+        bare = subprocess.Popen(pinned(0, [sys.executable, str(HERE / "bare_app.py"), str(bare_port)]))
+        procs.append(bare)
         env = {**os.environ, "PORT": str(service_port), "HOST": "127.0.0.1", "REDIS_URL": redis_url,
                "COOKIE_HMAC_KEY": COOKIE_KEY, "RATE_LIMIT_IP_PER_MINUTE": "100000000",
                "RATE_LIMIT_PEER_PER_MINUTE": "100000000", "MAX_PEERS_PER_NAMESPACE": "10000000",
                "MAX_REGISTRATIONS_PER_SOURCE": "100000000",
                "LOG_LEVEL": "WARNING"}
-        procs.append(subprocess.Popen(pinned(0, [sys.executable, "-m", "rendezvous.cli"]), env=env,
-                                      stdout=subprocess.DEVNULL))
+        service = subprocess.Popen(pinned(0, [sys.executable, "-m", "rendezvous.cli"]), env=env,
+                                   stdout=subprocess.DEVNULL)
+        procs.append(service)
         wait_http(bare_port)
         wait_http(service_port)
         time.sleep(1)
 
         results: dict[str, dict] = {}
-        results["bare GET"] = wrk(bare_port, "/peers", duration)
+        side: dict[str, dict] = {}
+        results["bare GET"] = wrk(bare_port, "/peers", duration, server=bare.pid)
         bodies = work / "bodies.bin"
         sign_bodies(max(20_000, duration * 4_000), bodies)
-        results["bare POST"] = wrk(bare_port, "/peers", duration, [str(HERE / "post_bodies.lua"), str(bodies)])
+        results["bare POST"] = wrk(bare_port, "/peers", duration, [str(HERE / "post_bodies.lua"), str(bodies)],
+                                   server=bare.pid)
 
         before = used_memory(redis_port)
         asyncio.run(fill(redis_url, "bench-big", big))
         drop_transient_keys(redis_port)  # used nonces and rate counters expire within 2 minutes
         bytes_per_registration = (used_memory(redis_port) - before) / big
         asyncio.run(fill(redis_url, "bench-1k", 1_000))
-        results["discover 100 of 1,000"] = wrk(service_port, "/peers?namespace=bench-1k&limit=100", duration)
-        results[f"discover 100 of {big:,}"] = wrk(service_port, "/peers?namespace=bench-big&limit=100", duration)
+        results["discover 100 of 1,000"] = wrk(service_port, "/peers?namespace=bench-1k&limit=100", duration,
+                                               server=service.pid)
+        results[f"discover 100 of {big:,}"] = wrk(service_port, "/peers?namespace=bench-big&limit=100", duration,
+                                                  server=service.pid)
         sign_bodies(max(20_000, duration * 4_000), bodies)  # fresh timestamps and nonces
         results["register (signed)"] = wrk(service_port, "/peers", duration,
-                                           [str(HERE / "post_bodies.lua"), str(bodies)])
+                                           [str(HERE / "post_bodies.lua"), str(bodies)], server=service.pid)
+
+        # Side by side with py-libp2p's RendezvousService: both at the same concurrency, both servers on core 0.
+        # Our service is idle (and Redis nearly so) while the libp2p pair runs.
+        n = args.clients
+        side[f"ours: discover 100 of 1,000, {n} conns"] = wrk(
+            service_port, "/peers?namespace=bench-1k&limit=100", duration, server=service.pid, connections=n)
+        sign_bodies(max(20_000, duration * 4_000), bodies)
+        side[f"ours: register (signed), {n} conns"] = wrk(
+            service_port, "/peers", duration, [str(HERE / "post_bodies.lua"), str(bodies)], server=service.pid,
+            connections=n)
+        theirs = pylibp2p(n, duration, "bench-1k", 1_000)
+        side[f"py-libp2p: discover 100 of 1,000, {n} clients"] = theirs["discover"]
+        side[f"py-libp2p: register, {n} clients"] = theirs["register"]
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
 
-    report(results, bytes_per_registration, big, duration)
+    report(results, side, bytes_per_registration, big, duration, args.clients)
 
 
-def report(results: dict, bytes_per_registration: float, big: int, duration: int) -> None:
+def report(results: dict, side: dict, bytes_per_registration: float, big: int, duration: int, clients: int) -> None:
     floors = {"GET": results["bare GET"]["rps"], "POST": results["bare POST"]["rps"]}
     print(f"\nrendezvous benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t1 -c50 -d{duration}s\n")
-    print("| load | req/s | p50 ms | p99 ms | % of bare | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| load | req/s | p50 ms | p99 ms | % of bare | server CPU us/req | server core busy | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         floor = floors["POST"] if ("POST" in name or "register" in name) else floors["GET"]
         print(f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {100 * r['rps'] / floor:.0f}% "
-              f"| {r['errors']} |")
+              f"| {r['cpu_us']:,.0f} | {100 * r['busy']:.0f}% | {r['errors']} |")
+    print(f"\nside by side with py-libp2p 0.8.1's RendezvousService, {clients} concurrent clients each, "
+          f"both servers on core 0, {duration} s each\n")
+    print("| load | req/s | server CPU us/req | server core busy | client core busy | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in side.items():
+        print(f"| {name} | {r['rps']:,.0f} | {r['cpu_us']:,.0f} | {100 * r['busy']:.0f}% "
+              f"| {100 * r['client_busy']:.0f}% | {r['errors']} |")
+    ours = {op: side[f"ours: {label}, {clients} conns"] for op, label in
+            (("register", "register (signed)"), ("discover", "discover 100 of 1,000"))}
+    theirs = {op: side[f"py-libp2p: {label}, {clients} clients"] for op, label in
+              (("register", "register"), ("discover", "discover 100 of 1,000"))}
     register = results["register (signed)"]["rps"] / floors["POST"]
     small, large = results["discover 100 of 1,000"], results[f"discover 100 of {big:,}"]
     checks = [
@@ -188,17 +282,23 @@ def report(results: dict, bytes_per_registration: float, big: int, duration: int
         (f"discover p50 at {big:,} within 1.2x of 1,000", large["p50"] <= 1.2 * small["p50"],
          f"{large['p50'] / small['p50']:.2f}x"),
         ("Redis memory per registration <= 600 B", bytes_per_registration <= 600, f"{bytes_per_registration:.0f} B"),
-        ("registrations >= 40x py-libp2p's RendezvousService (72/s, shared/notes)",
-         results["register (signed)"]["rps"] >= 40 * 72, f"{results['register (signed)']['rps'] / 72:.0f}x"),
     ]
+    for op in ("register", "discover"):
+        # The target is on requests per second at the same concurrency; the CPU figure is printed beside it
+        # because a py-libp2p server short of a full core was held back by its clients, not by itself.
+        ratio = ours[op]["rps"] / theirs[op]["rps"] if theirs[op]["rps"] else float("inf")
+        checks.append((f"{op} >= 20x py-libp2p's RendezvousService (same run, {clients} clients)", ratio >= 20,
+                       f"{ratio:.1f}x ({ours[op]['rps']:,.0f}/s vs {theirs[op]['rps']:,.0f}/s; server CPU per "
+                       f"request {theirs[op]['cpu_us'] / ours[op]['cpu_us']:.1f}x less)"))
     print()
     for label, ok, figure in checks:
         print(f"{'PASS' if ok else 'MISS'}  {label}: {figure}")
-    if any(r["errors"] for r in results.values()):
-        print("WARNING: some requests failed (non-2xx); the figures above are not valid")
+    if any(r["errors"] for r in (*results.values(), *side.values())):
+        print("WARNING: some requests failed (non-2xx, or a py-libp2p error or short page); the figures above are not valid")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps({"results": results, "bytes_per_registration": bytes_per_registration},
+    (out / "latest.json").write_text(json.dumps({"results": results, "side_by_side": side,
+                                                 "bytes_per_registration": bytes_per_registration},
                                                 indent=2))
 
 
