@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 
 import httpx
-import pytest
 import trio
 
 from bench import drills
