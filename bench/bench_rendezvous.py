@@ -284,12 +284,15 @@ def report(results: dict, side: dict, bytes_per_registration: float, big: int, d
         ("Redis memory per registration <= 600 B", bytes_per_registration <= 600, f"{bytes_per_registration:.0f} B"),
     ]
     for op in ("register", "discover"):
-        # The target is on requests per second at the same concurrency; the CPU figure is printed beside it
-        # because a py-libp2p server short of a full core was held back by its clients, not by itself.
+        # Requests per second at the same concurrency alone would flatter us whenever py-libp2p's server is
+        # short of a full core (its clients, on one core, often are what holds it back): a pass needs the
+        # server CPU per request to be 20x less as well.
         ratio = ours[op]["rps"] / theirs[op]["rps"] if theirs[op]["rps"] else float("inf")
-        checks.append((f"{op} >= 20x py-libp2p's RendezvousService (same run, {clients} clients)", ratio >= 20,
-                       f"{ratio:.1f}x ({ours[op]['rps']:,.0f}/s vs {theirs[op]['rps']:,.0f}/s; server CPU per "
-                       f"request {theirs[op]['cpu_us'] / ours[op]['cpu_us']:.1f}x less)"))
+        cpu_ratio = theirs[op]["cpu_us"] / ours[op]["cpu_us"]
+        checks.append((f"{op} >= 20x py-libp2p's RendezvousService (same run, {clients} clients; req/s and "
+                       f"server CPU per request)", min(ratio, cpu_ratio) >= 20,
+                       f"{ratio:.1f}x req/s ({ours[op]['rps']:,.0f} vs {theirs[op]['rps']:,.0f}), "
+                       f"{cpu_ratio:.1f}x less CPU per request"))
     print()
     for label, ok, figure in checks:
         print(f"{'PASS' if ok else 'MISS'}  {label}: {figure}")
