@@ -1,5 +1,6 @@
 """The browser demo in real headless Chromium (Debian's, driven by playwright-core): two pages chat over a
-direct WebRTC connection found through the rendezvous; one page chats with a Python worker over the relay."""
+direct WebRTC connection found through the rendezvous; one page chats with a Python worker over the relay;
+a host chats with two joiners at once, and its closed page is noticed by them within 2 s."""
 from __future__ import annotations
 
 import json
@@ -167,3 +168,31 @@ def test_a_python_worker_comes_to_chat_with_a_single_browser_host(stack, tmp_pat
     outcome = json.loads(out.strip().splitlines()[-1])
     assert outcome["path"] == "relayed" and "heard: hello to you too" in outcome["log"]
     assert profiles_left(node_tmp) == []
+
+
+def test_a_host_chats_with_two_joiners_and_its_closed_page_is_noticed_within_two_seconds(stack, tmp_path, node_tmp):
+    """Three pages: host A and joiner B are two tabs of one browser, joiner C another browser."""
+    url, _ = stack
+    outcome = run_browsers(url, tmp_path, node_tmp, "three")
+    ids = outcome["ids"]
+    # each tab is a peer of its own, even one opened from another (it starts with a copy of its sessionStorage)
+    assert len({ids["a"], ids["b"], ids["c"], outcome["twinId"]}) == 4
+    assert outcome["reloadedId"] == ids["a"]  # ...and keeps it across a reload (sessionStorage, not localStorage)
+    # the joiners' lists are live: A is listed on both within a second of registering, as a browser
+    assert all(ms < 1000 for ms in outcome["listedMs"]), outcome["listedMs"]
+    assert outcome["kinds"] == ["browser", "browser"]
+    # one conversation per joiner at the host: each message in the right one, each reply to the right joiner
+    heard = outcome["heardBy"]
+    assert "peer: hello from B" in heard["aFromB"] and "hello from C" not in heard["aFromB"]
+    assert "peer: hello from C" in heard["aFromC"] and "hello from B" not in heard["aFromC"]
+    assert "peer: for B only" in heard["b"] and "for C only" not in heard["b"]
+    assert "peer: for C only" in heard["c"] and "for B only" not in heard["c"]
+    assert sorted(outcome["hostLabels"]) == sorted(f"browser {i[:12]}…{i[-6:]}" for i in (ids["b"], ids["c"]))
+    # A's closed page: both joiners say so, and drop A from their lists, within 2 s
+    assert all(ms < 2000 for ms in outcome["leaveNoticedMs"]), outcome["leaveNoticedMs"]
+    assert all(ms < 2000 for ms in outcome["unlistedMs"]), outcome["unlistedMs"]
+    # B says why: A's chat stream ended as its page closed, or the watch told that A left (whichever came first)
+    assert any("closed the chat" in note or "has left" in note for note in outcome["bNotes"]), outcome["bNotes"]
+    panel = outcome["panel"]
+    assert panel["peer"].endswith("— gone") and panel["path"] == "closed" and panel["rtt"] == "-" and panel["sendDisabled"]
+    assert outcome["late"] == ["unsent"]  # a message typed after A left is shown, as not sent
