@@ -63,7 +63,9 @@ def test_a_replica_drains_on_sigterm_without_a_failed_request_and_a_sigkill_cost
     term, kill = figures.sigterm, figures.sigkill
     assert term.failed == 0 and term.exit_code == 0 and term.exit_seconds <= 10.0  # Cloud Run's grace
     assert term.ok_after > 0
-    assert kill.failed <= 4 and set(kill.statuses) <= {200, 201, 502}  # at most one request per client
+    # at most one request per client; a resent registration the killed replica had already written answers
+    # 409 (its nonce was seen): the write happened, as the 503/retry contract says it may
+    assert kill.failed <= 4 and set(kill.statuses) <= {200, 201, 409, 502}
     assert kill.ok_after > 0  # the survivor carries on
 
 
