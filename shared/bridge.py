@@ -70,7 +70,7 @@ class TrioThread:
         try:
             trio.run(body)
         except BaseException as exc:  # noqa: B902 - whatever ended the run is reported, never lost
-            exc = _unwrap(exc)
+            exc = root_cause(exc)
             if self._started:
                 self._on_failure(exc)
             else:
@@ -97,7 +97,7 @@ class TrioThread:
         self.thread.join(10)
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def root_cause(exc: BaseException) -> BaseException:
     """The single error inside trio's nested exception groups, so the message names the real cause."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]

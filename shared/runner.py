@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence, TypeVar
 import trio
 
 from shared import logs, tracing
+from shared.bridge import root_cause
 from shared.secrets import SecretError, fill_from_secrets
 from shared.settings import ConfigError
 
@@ -62,15 +63,8 @@ def run_node(role: str, parse: Callable[[Sequence[str] | None], S], make_node: C
     try:
         trio.run(serve_until_signal, make_node(settings, identity))
     except Exception as exc:  # a node that cannot start, or dies, ends the process loudly and non-zero
-        log.critical(f"{role} stopped: {_cause(exc)}", exc_info=True)
+        log.critical(f"{role} stopped: {root_cause(exc)}", exc_info=True)
         sys.exit(1)
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The single error inside trio's nested exception groups, so the message names the real cause."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def serve_until_signal(node: Node) -> None:
