@@ -217,6 +217,7 @@ class Store:
         # Past the fair-share mark of Redis memory only small sources may add a registration, past the
         # high-water mark nobody; renewals always may (they take no new room). So a Redis that fills up never
         # refuses the reads' counters, and a new peer from an address of its own gets in until the high water.
+        self._writes_since_check += 1
         percent = await self._memory_level()
         full = percent >= self._fair_share_mark()
         cap = SMALL_SOURCE_QUOTA if full else self.limits.max_registrations_per_source
@@ -278,10 +279,9 @@ class Store:
             await self._undo(commands)
 
     async def _memory_level(self) -> float:
-        """Redis's used memory in percent of maxmemory, read at most once a second (or per MEMORY_CHECK_WRITES registrations)
-        per replica; 0 for the embedded store, or when it cannot be read."""
+        """Redis's used memory in percent of maxmemory, read at most once a second (or per MEMORY_CHECK_WRITES
+        registrations) per replica; 0 for the embedded store, or when it cannot be read."""
         now = time.monotonic()
-        self._writes_since_check += 1
         if self._watch_memory and (now - self._memory_checked >= MEMORY_CHECK_INTERVAL_S
                                    or self._writes_since_check > MEMORY_CHECK_WRITES):
             self._memory_checked, self._writes_since_check = now, 0
