@@ -226,9 +226,8 @@ class Worker:
                         continue
                     if change.kind == "join" and not getattr(self.peers.get(peer), "connected", False):
                         self._start_tending(self._dialable([change.entry])[0], peer_tasks)
-                    elif change.kind in ("leave", "expire") and peer not in self._busy \
-                            and not connection_kinds(self.host, ID.from_base58(peer)):
-                        self.tracer.emit(events.Departed(peer))
+                    elif change.kind in ("leave", "expire"):
+                        self._forget_if_gone(peer)
             except RendezvousError as exc:  # cannot open, or broke: the rounds carry on meanwhile
                 delay = backoff.next_delay(exc.retry_after)
                 log.info(f"watching the namespace failed: {exc}; again in {delay:.1f} s",
@@ -256,9 +255,14 @@ class Worker:
 
     def _forget_departed(self, listed: set[str]) -> None:
         """Drop the records of peers that left the namespace and to which we hold no connection."""
-        for peer_id in [p for p in self.peers if p not in listed and p not in self._busy]:
-            if not connection_kinds(self.host, ID.from_base58(peer_id)):
-                self.tracer.emit(events.Departed(peer_id))
+        for peer_id in [p for p in self.peers if p not in listed]:
+            self._forget_if_gone(peer_id)
+
+    def _forget_if_gone(self, peer_id: str) -> None:
+        """A peer that left (or whose registration expired) is forgotten once no connection to it is left and
+        no task is tending it."""
+        if peer_id not in self._busy and not connection_kinds(self.host, ID.from_base58(peer_id)):
+            self.tracer.emit(events.Departed(peer_id))
 
     def _choose(self, entries: list[PeerEntry]) -> list[PeerEntry]:
         """The connect policy (all, or N at random), keeping the peers we are already connected to, and at
