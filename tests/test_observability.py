@@ -216,8 +216,8 @@ def test_rendezvous_log_lines_parse_and_carry_the_request_trace(tmp_path):
 
 
 # what a metric's last word may be: a counter counts (_total), a histogram measures in a base unit, and a
-# gauge says what it holds, in the plural
-UNITS = {"counter": {"total"}, "histogram": {"seconds", "bytes"}, "gauge": {"peers", "reservations"}}
+# gauge says what it holds, in the plural (a gauge's noun may stand alone: rendezvous_watchers)
+UNITS = {"counter": {"total"}, "histogram": {"seconds", "bytes"}, "gauge": {"peers", "reservations", "watchers"}}
 
 
 def test_metric_names_follow_role_thing_unit():
@@ -226,7 +226,8 @@ def test_metric_names_follow_role_thing_unit():
     import worker.metrics
 
     def problem(role: str, kind: str, name: str) -> str | None:
-        shape = re.fullmatch(rf"{role}_([a-z0-9]+(?:_[a-z0-9]+)*)_([a-z]+)", name)
+        thing = r"(?:[a-z0-9]+_)*" if kind == "gauge" else r"(?:[a-z0-9]+_)+"
+        shape = re.fullmatch(rf"{role}_({thing})([a-z]+)", name)
         if not shape:
             return f"{name}: not {role}_<thing>_<unit>"
         if shape.group(2) not in UNITS[kind]:

@@ -327,7 +327,7 @@ async def test_the_per_replica_cap_of_watchers(redis_server, key_prefix):
         refused = await http.get("/peers/watch", params={"namespace": "r-2"})
         assert refused.status == 429 and "this replica" in (await refused.json())["message"]
         metrics = await (await http.get("/metrics")).text()
-        assert "rendezvous_watching_peers 2.0" in metrics
+        assert "rendezvous_watchers 2.0" in metrics
         assert 'rendezvous_watch_refused_total{cap="replica"} 1.0' in metrics
         for response in open_streams:
             response.close()
