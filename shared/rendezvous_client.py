@@ -46,6 +46,13 @@ class Change:
 
 
 @dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Every peer of the namespace at the stream's position `event_id`: what the watcher knows is replaced."""
+    entries: list["PeerEntry"]
+    event_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Discovered:
     entries: list[PeerEntry]
     cookie: str | None  # where the next call goes on from
@@ -138,9 +145,10 @@ class RendezvousClient:
                 break
         return Discovered(list(peers.values()), cookie, more)
 
-    async def watch(self, namespace: str, last_event_id: str | None = None) -> AsyncIterator[Change]:
+    async def watch(self, namespace: str, last_event_id: str | None = None) -> AsyncIterator[Change | Snapshot]:
         """The namespace's changes from GET /peers/watch (Server-Sent Events), each with the event ID to resume
-        after: first every peer as a `join` (the snapshot), then join, renew, leave and expire as they happen.
+        after: first a Snapshot (unless resuming), then join, renew, leave and expire as they happen, and a new
+        Snapshot whenever the server had to resync us.
         Ends when the server ends the stream; raises RendezvousError when it cannot be opened or breaks."""
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
         timeout = httpx.Timeout(10.0, read=WATCH_READ_TIMEOUT)  # heartbeats come every 15 s
@@ -200,8 +208,8 @@ def _json(response: httpx.Response) -> dict:
     return answer
 
 
-def _changes(event: dict[str, str]) -> list[Change]:
-    """A Server-Sent Event of the watch stream as changes (a snapshot is a join of every peer in it)."""
+def _changes(event: dict[str, str]) -> list[Change | Snapshot]:
+    """A Server-Sent Event of the watch stream as changes (`resync` only announces the snapshot after it)."""
     kind, data = event.get("event"), event.get("data")
     if not kind or data is None:
         return []  # a comment (heartbeat) or an event without data
@@ -211,9 +219,11 @@ def _changes(event: dict[str, str]) -> list[Change]:
         log.warning("rendezvous: skipping a watch event that is not JSON", extra={"event": kind})
         return []
     event_id = event.get("id")
-    if kind in ("snapshot", "resync"):
+    if kind == "resync":
+        return []
+    if kind == "snapshot":
         peers = body.get("Peers", []) if isinstance(body, dict) else []
-        return [Change("join", e, event_id) for item in peers if (e := _peer_entry(item)) is not None]
+        return [Snapshot([e for item in peers if (e := _peer_entry(item)) is not None], event_id)]
     entry = _peer_entry(body)
     return [Change(kind, entry, event_id)] if entry is not None else []
 

@@ -188,3 +188,55 @@ def test_a_worker_dials_a_peer_the_moment_it_joins(rendezvous_url):
         print(f"connected {took:.2f} s after the second worker started")
         assert seen.initiated_by == "us" and took < 4  # not the newcomer's own dial after 8 s
     run(body)
+
+
+def polls_of(worker, namespace: str) -> list[float]:
+    """Spy on the worker's polls of its namespace (GET /peers), recording when each was made."""
+    import trio
+
+    made, discover = [], worker.rendezvous.discover_pages
+
+    async def counted(ns, *args, **kwargs):
+        if ns == namespace:
+            made.append(trio.current_time())
+        return await discover(ns, *args, **kwargs)
+    worker.rendezvous.discover_pages = counted
+    return made
+
+
+def test_a_worker_polls_only_while_its_watch_stream_is_refused():
+    """One watch stream per source here: the first worker holds it and never polls, the second is refused
+    (429) and polls every round; they connect all the same."""
+    async def body(nursery):
+        import trio
+
+        with rendezvous_process({"WATCH_MAX_PER_SOURCE": "1"}) as url:
+            settings = worker_settings(url, NAMESPACE="fallback", DISCOVER_INTERVAL="0.3")
+            first = await start_worker(nursery, settings)
+            await until(lambda: first._watching.is_set(), what="the first worker's watch stream")
+            second = await start_worker(nursery, settings)
+            await until(lambda: record_of(first, second) and record_of(second, first), what="the two to connect")
+            polls = {w.peer_id: polls_of(w, "fallback") for w in (first, second)}
+            await trio.sleep(3.0)
+            print({p[:12]: len(made) for p, made in polls.items()})
+            assert first._watching.is_set() and not second._watching.is_set()
+            assert polls[first.peer_id] == [] and len(polls[second.peer_id]) >= 5
+            nursery.cancel_scope.cancel()
+    run(body)
+
+
+def test_a_peer_that_leaves_is_dropped_at_once(rendezvous_url):
+    """Rounds 30 s apart: only the `leave` event can make the first worker close its connection and forget."""
+    async def body(nursery):
+        from libp2p.peer.id import ID
+
+        from worker.holepunch import connection_kinds
+        settings = worker_settings(rendezvous_url, NAMESPACE="leaves", DISCOVER_INTERVAL="30")
+        first = await start_worker(nursery, settings)
+        second = await start_worker(nursery, settings)
+        await until(lambda: record_of(first, second), what="the two to connect")
+        await second.leave()
+        await until(lambda: second.peer_id not in first.peers
+                    and not connection_kinds(first.host, ID.from_base58(second.peer_id)),
+                    timeout=3, what="the first worker to drop the peer that left")
+    run(body)

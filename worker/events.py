@@ -126,6 +126,11 @@ class Departed:
 
 
 @dataclasses.dataclass(frozen=True)
+class Readdressed:
+    peer: str  # registered new addresses while we could not reach it
+
+
+@dataclasses.dataclass(frozen=True)
 class Reserved:
     relay: str
     circuit: str
@@ -144,7 +149,7 @@ class RelayLost:
 
 
 Event = (ConnectStarted | DirectDialFailed | RelayDialFailed | Relayed | HolePunchStarted | HolePunched
-         | StayedRelayed | Connected | ConnectFailed | EchoAnswered | Lost | Departed | Reserved
+         | StayedRelayed | Connected | ConnectFailed | EchoAnswered | Lost | Departed | Readdressed | Reserved
          | ReservationFailed | RelayLost)
 
 
@@ -239,8 +244,12 @@ class Tracer:
         self._line(logging.WARNING, f"lost the connection to {e.peer}; reconnecting", "lost", fields)
 
     def _Departed(self, e: Departed, fields: dict) -> None:
-        self.peers.pop(e.peer, None)
-        self._count_paths()
+        if self.peers.pop(e.peer, None) is not None:
+            self._count_paths()
+            self._line(logging.INFO, f"{e.peer} left the namespace", "departed", fields)
+
+    def _Readdressed(self, e: Readdressed, fields: dict) -> None:
+        self.record(e.peer).retry_at = 0.0
 
     def _Reserved(self, e: Reserved, fields: dict) -> None:
         self._line(logging.INFO, f"reserved a slot at relay {e.relay}", "reserved", fields)

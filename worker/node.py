@@ -26,12 +26,13 @@ from shared.backoff import Backoff
 from shared.host import ConnectionWatch, build_host, is_relayed, running
 from shared.identity import Identity
 from shared.registrar import Registrar
-from shared.rendezvous_client import PeerEntry, RendezvousClient, RendezvousError
+from shared.rendezvous_client import Change, PeerEntry, RendezvousClient, RendezvousError, Snapshot
 from worker import chat, echo, events, metrics
 from worker.connector import Connector, Timeouts
 from worker.dialable import DialPolicy
 from worker.events import PeerPath
 from worker.holepunch import HolePuncher, connection_kinds
+from worker.portmap import PortMapper, listen_ports
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker")
@@ -40,6 +41,7 @@ MAX_RELAYS = 2
 MAX_CONCURRENT_CONNECTS = 16
 PAGES_PER_ROUND = 10  # of 100 peers: a round reads at most 1,000 registrations
 NEW_PEERS_PER_ROUND = 64
+WATCH_GRACE_S = 2.0  # the watch stream's snapshot usually arrives within milliseconds
 
 
 class Worker:
@@ -61,9 +63,12 @@ class Worker:
         self.rendezvous = RendezvousClient(settings.rendezvous_url, identity)
         self.registrar = Registrar(self.rendezvous, settings.namespace, settings.ttl, self.current_addrs,
                                    metrics.REGISTRATIONS)
+        self.port_mapper = PortMapper(settings.port_mapping, settings.port_mapping_lease)
         self.relays: dict[str, str] = {}  # relay peer ID -> our circuit address through it
         self.http_port: int | None = None
         self._busy: set[str] = set()
+        self._known: dict[str, PeerEntry] = {}  # the namespace as the watch stream or the last poll showed it
+        self._watching = trio.Event()  # set while the watch stream is live: no polling then
         self._chatting: set[str] = set()
         self._connect_slots = trio.Semaphore(MAX_CONCURRENT_CONNECTS)
         self._relay_backoff: dict[str, tuple[Backoff, float]] = {}
@@ -89,6 +94,7 @@ class Worker:
             log.info("worker started", extra={"peer": self.peer_id, "listen": [str(a) for a in self.host.get_addrs()],
                                               "namespace": self.settings.namespace,
                                               "rendezvous": self.settings.rendezvous_url})
+            nursery.start_soon(self.port_mapper.run, listen_ports([str(a) for a in self.host.get_transport_addrs()]))
             nursery.start_soon(self._keep_relays, nursery)
             nursery.start_soon(self.registrar.keep_registered)
             nursery.start_soon(self._keep_connected)
@@ -97,8 +103,10 @@ class Worker:
             await self.rendezvous.aclose()
 
     async def leave(self) -> None:
-        """Unregister now rather than when the TTL runs out (the runner calls it on SIGTERM)."""
+        """Unregister now rather than when the TTL runs out (the runner calls it on SIGTERM), then delete
+        our port mappings at the gateway."""
         await self.registrar.unregister()
+        await self.port_mapper.release()
 
     @staticmethod
     async def _run_service(service, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -109,8 +117,8 @@ class Worker:
     # --- registration -------------------------------------------------------------------------------
 
     def current_addrs(self) -> list[str]:
-        return own_addrs(self.host, list(self.relays.values()), self.settings.announce,
-                         self.settings.public_networks)
+        announced = self.settings.announce + tuple(self.port_mapper.addrs())  # the gateway's mapped ports too
+        return own_addrs(self.host, list(self.relays.values()), announced, self.settings.public_networks)
 
     # --- relays --------------------------------------------------------------------------------------
 
@@ -179,61 +187,122 @@ class Worker:
     # --- discovery and connections -------------------------------------------------------------------
 
     async def _keep_connected(self) -> None:
-        """Discovery rounds, each bounded (PAGES_PER_ROUND pages, NEW_PEERS_PER_ROUND new connects): a large
-        namespace is swept over several rounds, going on from the cookie where the last round stopped."""
+        """Tend the namespace's peers every DISCOVER_INTERVAL. While the watch stream is live (`_watch`), what
+        it told us is the namespace, and the rounds only check each connection and retry failed peers; while
+        it is broken, each round polls instead: bounded (PAGES_PER_ROUND pages, NEW_PEERS_PER_ROUND new
+        connects), a large namespace swept over several rounds from the cookie where the last one stopped."""
         backoff = Backoff()
         cookie, swept = None, set()
         async with trio.open_nursery() as peer_tasks:  # one task per peer being tended, owned here
             peer_tasks.start_soon(self._watch, peer_tasks)
+            with trio.move_on_after(WATCH_GRACE_S):  # give the stream its chance before the first poll
+                await self._watching.wait()
             while True:
-                try:
-                    with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
-                        found = await self.rendezvous.discover_pages(self.settings.namespace, cookie,
-                                                                     PAGES_PER_ROUND)
-                except RendezvousError as exc:
-                    delay = backoff.next_delay(exc.retry_after)
-                    log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s",
-                                extra={"retry_in": round(delay, 2)})
-                    await trio.sleep(delay)
-                    continue
-                backoff.reset()
-                if cookie is None:
-                    swept = set()  # a sweep of the namespace begins
-                others = self._dialable([e for e in found.entries if e.peer_id != self.peer_id])
-                swept |= {e.peer_id for e in others}
-                if found.more:
-                    cookie = found.cookie
-                else:  # the sweep is complete: whoever it did not see has left
-                    metrics.DISCOVERED_PEERS.set(len(swept))
-                    self._forget_departed(swept)
-                    cookie = None
-                for entry in self._choose(others):
+                if self._watching.is_set():
+                    cookie = None  # a poll after the stream breaks sweeps from the start
+                    entries = list(self._known.values())
+                else:
+                    try:
+                        with tracing.span("discover", attributes={"namespace": self.settings.namespace}):
+                            found = await self.rendezvous.discover_pages(self.settings.namespace, cookie,
+                                                                         PAGES_PER_ROUND)
+                    except RendezvousError as exc:
+                        delay = backoff.next_delay(exc.retry_after)
+                        log.warning(f"discovery failed: {exc}; retrying in {delay:.1f} s",
+                                    extra={"retry_in": round(delay, 2)})
+                        await trio.sleep(delay)
+                        continue
+                    backoff.reset()
+                    if cookie is None:
+                        swept = set()  # a sweep of the namespace begins
+                    entries = self._dialable([e for e in found.entries if e.peer_id != self.peer_id])
+                    self._known.update((e.peer_id, e) for e in entries)
+                    swept |= {e.peer_id for e in entries}
+                    if found.more:
+                        cookie = found.cookie
+                    else:  # the sweep is complete: whoever it did not see has left
+                        for peer in set(self._known) - swept:
+                            self._depart(peer, peer_tasks)
+                        cookie = None
+                metrics.DISCOVERED_PEERS.set(len(self._known))
+                self._forget_unlisted()
+                for entry in self._choose(entries):
                     self._start_tending(entry, peer_tasks)
                 await trio.sleep(self.settings.discover_interval)
 
     async def _watch(self, peer_tasks: trio.Nursery) -> None:
-        """Changes as they happen (GET /peers/watch): a peer that joins is dialed at once, one that leaves or
-        expires is forgotten once no connection to it is left. The discovery rounds go on beside it (they
-        also check each connection) and cover whatever the stream missed while it was broken."""
+        """Changes as they happen (GET /peers/watch): a peer that joins, or registers new addresses while we
+        cannot reach it, is dialed at once; one that leaves or expires is dropped, its connections closed.
+        A snapshot (at the start, or after the server resynced us) replaces what we knew. While the stream
+        is broken, `_watching` is clear and the rounds of `_keep_connected` poll instead."""
         backoff, last_event = Backoff(), None
         while True:
             try:
                 async for change in self.rendezvous.watch(self.settings.namespace, last_event):
                     backoff.reset()
                     last_event = change.event_id or last_event
-                    peer = change.entry.peer_id
-                    if peer == self.peer_id:
-                        continue
-                    if change.kind == "join" and not getattr(self.peers.get(peer), "connected", False):
-                        self._start_tending(self._dialable([change.entry])[0], peer_tasks)
-                    elif change.kind in ("leave", "expire"):
-                        self._forget_if_gone(peer)
-            except RendezvousError as exc:  # cannot open, or broke: the rounds carry on meanwhile
+                    self._watching.set()
+                    if isinstance(change, Snapshot):
+                        self._replace_known(change.entries, peer_tasks)
+                    elif change.entry.peer_id != self.peer_id:
+                        self._apply(change, peer_tasks)
+            except RendezvousError as exc:  # cannot open, or broke: the rounds poll meanwhile
+                self._watching = trio.Event()
                 delay = backoff.next_delay(exc.retry_after)
-                log.info(f"watching the namespace failed: {exc}; again in {delay:.1f} s",
+                log.info(f"watching the namespace failed: {exc}; polling, and watching again in {delay:.1f} s",
                          extra={"retry_in": round(delay, 2)})
                 await trio.sleep(delay)
             # else the server ended the stream (its time limit, or a replica draining): resume at once
+
+    def _replace_known(self, entries: list[PeerEntry], peer_tasks: trio.Nursery) -> None:
+        listed = self._dialable([e for e in entries if e.peer_id != self.peer_id])
+        for peer in set(self._known) - {e.peer_id for e in listed}:
+            self._depart(peer, peer_tasks)
+        self._known = {e.peer_id: e for e in listed}
+        for entry in self._choose(listed):
+            self._start_tending(entry, peer_tasks)
+
+    def _apply(self, change: Change, peer_tasks: trio.Nursery) -> None:
+        peer = change.entry.peer_id
+        if change.kind in ("leave", "expire"):
+            self._depart(peer, peer_tasks)
+            return
+        entry = self._dialable([change.entry])[0]
+        before = self._known.get(peer)
+        self._known[peer] = entry
+        record = self.peers.get(peer)
+        if record is not None and record.connected:
+            return
+        if record is not None and before is not None and before.addrs != entry.addrs:
+            self.tracer.emit(events.Readdressed(peer))  # new addresses (a relay slot, say): no waiting out a retry
+        if change.kind == "join" or record is None or time.monotonic() >= record.retry_at:
+            self._start_tending(entry, peer_tasks)
+
+    def _depart(self, peer_id: str, peer_tasks: trio.Nursery) -> None:
+        """A peer that left the namespace (or whose registration expired): we close our connections to it,
+        unless it is one of our relays, and forget it."""
+        self._known.pop(peer_id, None)
+        if peer_id in self.relays:
+            return
+        if connection_kinds(self.host, ID.from_base58(peer_id)):
+            peer_tasks.start_soon(self._drop, peer_id)
+        elif peer_id not in self._busy:
+            self.tracer.emit(events.Departed(peer_id))
+
+    def _forget_unlisted(self) -> None:
+        """Forget the records of peers no longer listed to which no connection is left and which no task is
+        tending (a peer that dialed us without registering keeps its record while it stays connected)."""
+        for peer_id in [p for p in self.peers if p not in self._known and p not in self._busy]:
+            if not connection_kinds(self.host, ID.from_base58(peer_id)):
+                self.tracer.emit(events.Departed(peer_id))
+
+    async def _drop(self, peer_id: str) -> None:
+        try:
+            await self.host.disconnect(ID.from_base58(peer_id))
+        except Exception as exc:  # already closing: the connection is gone either way
+            log.debug("closing a departed peer's connection failed", extra={"peer": peer_id, "error": repr(exc)})
+        if peer_id not in self._known:  # it may have come back meanwhile
+            self.tracer.emit(events.Departed(peer_id))
 
     def _start_tending(self, entry: PeerEntry, peer_tasks: trio.Nursery) -> None:
         if entry.peer_id not in self._busy:
@@ -252,17 +321,6 @@ class Worker:
                           extra={"peer": entry.peer_id, "refused": sorted(set(entry.addrs) - set(allowed))})
             out.append(dataclasses.replace(entry, addrs=allowed))
         return out
-
-    def _forget_departed(self, listed: set[str]) -> None:
-        """Drop the records of peers that left the namespace and to which we hold no connection."""
-        for peer_id in [p for p in self.peers if p not in listed]:
-            self._forget_if_gone(peer_id)
-
-    def _forget_if_gone(self, peer_id: str) -> None:
-        """A peer that left (or whose registration expired) is forgotten once no connection to it is left and
-        no task is tending it."""
-        if peer_id not in self._busy and not connection_kinds(self.host, ID.from_base58(peer_id)):
-            self.tracer.emit(events.Departed(peer_id))
 
     def _choose(self, entries: list[PeerEntry]) -> list[PeerEntry]:
         """The connect policy (all, or N at random), keeping the peers we are already connected to, and at
@@ -338,5 +396,5 @@ class Worker:
             counts[record.path] = counts.get(record.path, 0) + 1
         return {"peer_id": self.peer_id, "namespace": self.settings.namespace,
                 "rendezvous": self.settings.rendezvous_url, "registered_addrs": self.registrar.registered_addrs,
-                "relays": self.relays, "paths": counts,
+                "relays": self.relays, "port_mapping": self.port_mapper.status(), "paths": counts,
                 "peers": [r.as_json() for r in sorted(self.peers.values(), key=lambda r: r.peer_id)]}
