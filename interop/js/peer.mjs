@@ -144,6 +144,35 @@ if (MODE !== 'relay') {
     log('DCUtR: punchable addresses of the peer:', out.map(String))
     return out
   }
+  // In a TCP simultaneous open both sockets are outgoing, so each side must be told its role: DCUtR asks for
+  // B (the peer that received the relayed connection) to be the server (`initiator: false`, the spec's
+  // roles, which go-libp2p 0.41+ follows too). js-libp2p loses that twice: its dial queue drops the option
+  // on its way to the transport (both sides then start Noise as initiators: "handshake stage 1 validation
+  // fail: message is not long enough", seen in the NAT lab), and with the option kept, yamux still takes
+  // its role from the TCP socket's direction, "outbound" ("Both endpoints are clients" on the first stream).
+  // So B's punch dials go to the TCP transport directly, with the socket marked inbound before the upgrade;
+  // the connection is still announced and tracked as any other.
+  const dcutrService = node.services.dcutr
+  const connectionManager = dcutrService.connectionManager
+  const transports = node.components.transportManager
+  const asServer = Object.create(node.components.upgrader, {
+    upgradeOutbound: {
+      value: (maConn, opts) => {
+        maConn.direction = 'inbound'
+        return node.components.upgrader.upgradeOutbound(maConn, { ...opts, initiator: false })
+      }
+    }
+  })
+  dcutrService.connectionManager = Object.create(connectionManager, {
+    openConnection: {
+      value: async (target, options = {}) => {
+        if (options.initiator !== false) return connectionManager.openConnection(target, options)
+        const addrs = Array.isArray(target) ? target : [target]
+        return Promise.any(addrs.map(ma => transports.dialTransportForMultiaddr(ma).dial(ma, { ...options, upgrader: asServer })))
+          .catch(err => { throw err.errors?.[0] ?? err })
+      }
+    }
+  })
   node.addEventListener('peer:identify', ({ detail }) => {
     const observed = detail.observedAddr
     if (observed == null || !isPunchable(observed)) return
