@@ -16,6 +16,12 @@
 //     networks, as our worker's option of that name) lists what counts as public besides the global
 //     unicast space: the observed address of the relay connection is confirmed when it is in it, and the
 //     Connect addresses are filtered by it.
+//
+// Beyond the contract, for checking a relay's limits (tests/test_interop_js.py): a dialer given
+// RELAY_PROBE_BYTES and/or RELAY_PROBE_SECONDS runs without DCUtR and, once its relayed connection is open,
+// echoes that many bytes over /ipfs/ping/1.0.0 on it (1 KiB at a time), then pings it every 200 ms for that
+// many seconds, and prints {"event":"relayed_probe","echoed_bytes":N,"held_ms":T,"cut":bool,"error":"..."}
+// (cut: the stream or connection ended, or stalled 5 s, before the probe was done) and exits 0.
 import { writeSync } from 'node:fs'
 import net from 'node:net'
 
@@ -38,6 +44,9 @@ const LISTEN_PORT = Number(env.LISTEN_PORT || 0)
 const TIMEOUT_MS = Number(env.TIMEOUT_S || 30) * 1000
 const DOCUMENTATION_NETWORKS = '192.0.2.0/24,198.51.100.0/24,203.0.113.0/24'
 const PING = '/ipfs/ping/1.0.0'
+const PROBE_BYTES = Number(env.RELAY_PROBE_BYTES || 0)
+const PROBE_SECONDS = Number(env.RELAY_PROBE_SECONDS || 0)
+const PROBING = MODE === 'dialer' && (PROBE_BYTES > 0 || PROBE_SECONDS > 0)
 
 function emit (event) {
   writeSync(1, JSON.stringify(event) + '\n') // synchronous: a line is out before the process can die
@@ -117,7 +126,7 @@ let tcpInit = {}
 if (MODE === 'relay') {
   services.relay = circuitRelayServer() // the implementation's default limits
 } else {
-  services.dcutr = dcutr()
+  if (!PROBING) services.dcutr = dcutr()
   const dialPort = Number(env.DIAL_PORT || 0) || await freePort()
   tcpInit = { dialOpts: { localAddress: LISTEN_IP, localPort: dialPort } }
   log(`outgoing TCP dials leave from port ${dialPort}`)
@@ -131,8 +140,8 @@ const node = await createLibp2p({
   services
 })
 
-if (MODE !== 'relay') {
-  // DCUtR sends only addresses it sends as public and dials only those it thinks public (2. above)
+if (services.dcutr != null) {
+  // DCUtR dials only the addresses a peer sends that count as public here (2. above)
   node.services.dcutr.getDialableMultiaddrs = function (addrs) {
     const out = []
     for (const bytes of addrs) {
@@ -173,6 +182,8 @@ if (MODE !== 'relay') {
       }
     }
   })
+}
+if (MODE !== 'relay') {
   node.addEventListener('peer:identify', ({ detail }) => {
     const observed = detail.observedAddr
     if (observed == null || !isPunchable(observed)) return
@@ -221,6 +232,43 @@ async function pingOver (connection, timeoutMs = 10_000) {
   }
   await stream.close().catch(() => {})
   return rtt
+}
+
+/** RELAY_PROBE_*: echo bytes over the relayed connection, then hold it, until done or cut (see the top). */
+async function relayedProbe (connection) {
+  const start = performance.now()
+  let echoed = 0
+  let expected = 0
+  let waiting = null
+  const ended = Promise.withResolvers()
+  ended.promise.catch(() => {})
+  try {
+    const stream = await connection.newStream(PING, { runOnLimitedConnection: true, signal: AbortSignal.timeout(10_000) })
+    stream.addEventListener('message', evt => {
+      echoed += evt.data.byteLength
+      if (waiting != null && echoed >= expected) waiting.resolve()
+    })
+    stream.addEventListener('close', evt => ended.reject(new Error(`stream ended: ${evt.error?.message ?? 'closed'}`)))
+    connection.addEventListener('close', () => ended.reject(new Error('relayed connection closed')))
+    const exchange = async (n) => {
+      waiting = Promise.withResolvers()
+      expected += n
+      stream.send(crypto.getRandomValues(new Uint8Array(n)))
+      const stalled = new Promise((resolve, reject) => setTimeout(() => reject(new Error('no echo for 5 s')), 5000).unref())
+      await Promise.race([waiting.promise, ended.promise, stalled])
+    }
+    while (expected < PROBE_BYTES) await exchange(Math.min(1024, Math.ceil((PROBE_BYTES - expected) / 32) * 32))
+    const holdUntil = performance.now() + PROBE_SECONDS * 1000
+    while (performance.now() < holdUntil) {
+      await exchange(32)
+      await new Promise(resolve => setTimeout(resolve, 200))
+    }
+    await stream.close().catch(() => {})
+    emit({ event: 'relayed_probe', echoed_bytes: echoed, held_ms: Math.round(performance.now() - start), cut: false })
+  } catch (err) {
+    emit({ event: 'relayed_probe', echoed_bytes: echoed, held_ms: Math.round(performance.now() - start), cut: true,
+      error: err.message })
+  }
 }
 
 if (MODE === 'listener') {
@@ -272,6 +320,12 @@ if (MODE === 'listener') {
     relayed = performance.now()
     emit({ event: 'relayed', ms: Math.round(relayed - t0) })
     log(`relayed connection ${conn.remoteAddr}`)
+    if (PROBING) {
+      clearTimeout(deadline)
+      await relayedProbe(conn)
+      await node.stop().catch(() => {})
+      process.exit(0)
+    }
     for (const existing of node.getConnections()) onOpen(existing)
   } catch (err) {
     emit({ event: 'result', path: 'none', error: `relayed dial failed: ${err.message}` })
