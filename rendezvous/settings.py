@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import pathlib
 import secrets
 from typing import Mapping, Sequence
@@ -15,6 +17,7 @@ from shared.settings import (OBSERVABILITY_OPTIONS, ConfigError, Observability, 
                              problem, text)
 
 COOKIE_KEY_MIN_CHARS = 32
+MAX_PROCESSES = 256
 ADMIN_TOKEN_MIN_CHARS = 16
 WEB_DIR = str(pathlib.Path(__file__).resolve().parents[1] / "web")
 
@@ -52,6 +55,7 @@ class Limits:
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
+    processes: int = 1  # worker processes sharing the HTTP port (rendezvous/cli.py); PROCESSES=auto: the CPUs given
     redis_url: str | None = None  # None: the embedded in-process store
     redis_cluster: bool = False
     redis_iam_auth: bool = False
@@ -87,6 +91,12 @@ class Settings:
             raise problem(_OPTION["ttl_default"], "must lie between TTL_MIN_SECONDS and TTL_MAX_SECONDS")
         if limits.discover_limit_default > limits.discover_limit_max:
             raise problem(_OPTION["discover_limit_default"], "must not exceed DISCOVER_LIMIT_MAX")
+        if values["processes"] is None:
+            # the embedded store lives inside one process: a second worker would hold other registrations
+            values["processes"] = 1 if values["redis_url"] is None else available_cpus()
+        elif values["processes"] > 1 and values["redis_url"] is None:
+            raise problem(_OPTION["processes"], "more than 1 needs REDIS_URL (the embedded store lives in one "
+                                                "process, so each worker would hold registrations of its own)")
         cookie_key = values.pop("cookie_key")
         if cookie_key is None:
             if values["redis_url"] is not None:
@@ -94,6 +104,54 @@ class Settings:
                 raise problem(_OPTION["cookie_key"], "required when REDIS_URL is set (all replicas must share it)")
             cookie_key = secrets.token_hex(32)
         return cls(limits=limits, cookie_key=cookie_key.encode(), observability=observability(values), **values)
+
+
+def available_cpus(cgroup_root: pathlib.Path = pathlib.Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this container is given: the CPUs it may run on (its affinity), capped by its cgroup's CPU
+    quota rounded down, at least 1. A container sees every CPU of its host in os.cpu_count() and usually in
+    its affinity too; Cloud Run and docker --cpus give it its vCPUs as a quota (cgroup v2 cpu.max, v1
+    cpu.cfs_quota_us over cpu.cfs_period_us)."""
+    cpus = len(os.sched_getaffinity(0))
+    for quota in _cpu_quotas(cgroup_root):
+        cpus = min(cpus, math.floor(quota))
+    return max(1, cpus)
+
+
+def _cpu_quotas(root: pathlib.Path) -> list[float]:
+    """The CPU quotas (in CPUs) that bind this process: its cgroup v2 group's and its ancestors', or v1's."""
+    quotas = []
+    try:
+        groups = pathlib.Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        groups = []
+    v2 = [line.split("::", 1)[1] for line in groups if line.startswith("0::")]
+    if v2:
+        group = root / v2[0].lstrip("/")
+        for directory in (group, *group.parents):
+            quotas += _read_quota(directory / "cpu.max", None, "max")
+            if directory == root:
+                break
+    quotas += _read_quota(root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us", "-1")
+    return quotas
+
+
+def _read_quota(quota_file: pathlib.Path, period_file: pathlib.Path | None, unlimited: str) -> list[float]:
+    try:
+        fields = quota_file.read_text().split()
+        if period_file is not None:
+            fields.append(period_file.read_text().strip())
+        if fields[0] == unlimited:
+            return []
+        quota, period = int(fields[0]), int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return []  # no such controller here (or not readable): no quota known
+    return [quota / period] if quota > 0 and period > 0 else []
+
+
+def _processes(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    return integer(1, MAX_PROCESSES)(value)
 
 
 def _redis_url(value: str) -> str:
@@ -121,6 +179,10 @@ SPEC_MAX = SPEC_MAX_TTL_SECONDS
 OPTIONS = [
     Option("--host", "HOST", text, "0.0.0.0", "address the HTTP service listens on"),
     Option("--port", "PORT", port, "8080", "HTTP port (Cloud Run sets PORT)"),
+    Option("--processes", "PROCESSES", _processes, "auto",
+           "worker processes serving PORT together (SO_REUSEPORT), each on its own core; auto: the CPUs this "
+           "container is given (its CPU affinity and cgroup CPU quota, rounded down, at least 1), 1 with the "
+           "embedded store"),
     Option("--redis-url", "REDIS_URL", _redis_url, None,
            "redis://, rediss:// (TLS) or unix:// URL, AUTH as rediss://:PASSWORD@host:6378/0; unset: the embedded "
            "in-process store", secret=True),
