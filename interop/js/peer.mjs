@@ -10,12 +10,15 @@
 //     the punch leaves from the same port, so it reuses that mapping. Both sockets set SO_REUSEADDR (libuv
 //     does on bind), which Linux allows as long as no socket listens on the port, so it is not the
 //     listening port.
-//  2. Only verified addresses go into DCUtR's Connect message, and js-libp2p treats RFC 5737's
+//  2. DCUtR's Connect message carries only verified addresses, and js-libp2p treats RFC 5737's
 //     documentation networks (the NAT lab's "internet", 198.51.100.0/24) as private: it neither keeps such an
 //     observed address nor dials one a peer sends. PUBLIC_NETWORKS (comma-separated CIDRs, default those
 //     networks, as our worker's option of that name) lists what counts as public besides the global
-//     unicast space: the observed address of the relay connection is confirmed when it is in it, and the
-//     Connect addresses are filtered by it.
+//     unicast space. The addresses peers observe for us there go into our DCUtR Connect messages only, not
+//     into identify: advertised there, unverified, they make a go-libp2p peer that receives our relayed
+//     connection first try a plain direct dial to them, which a NAT drops, and start DCUtR only when that
+//     dial has timed out (5 s, seen in the NAT lab). The addresses a peer's Connect carries are filtered by
+//     PUBLIC_NETWORKS too.
 //
 // Beyond the contract, for checking a relay's limits (tests/test_interop_js.py): a dialer given
 // RELAY_PROBE_BYTES and/or RELAY_PROBE_SECONDS runs without DCUtR and, once its relayed connection is open,
@@ -183,12 +186,21 @@ if (services.dcutr != null) {
     }
   })
 }
-if (MODE !== 'relay') {
+if (services.dcutr != null) {
+  // what peers have observed for us, newest last, for DCUtR's Connect only (2. above)
+  const observedAddrs = []
   node.addEventListener('peer:identify', ({ detail }) => {
     const observed = detail.observedAddr
     if (observed == null || !isPunchable(observed)) return
-    log(`identify: ${detail.peerId} sees us at ${observed}; confirmed as ours`)
-    node.components.addressManager.confirmObservedAddr(observed, { type: 'observed' })
+    const text = observed.decapsulateCode(421).toString() // without /p2p/<us>
+    if (observedAddrs.some(ma => ma.toString() === text)) return
+    log(`identify: ${detail.peerId} sees us at ${text}; offered to DCUtR`)
+    observedAddrs.push(multiaddr(text))
+    if (observedAddrs.length > 8) observedAddrs.shift()
+  })
+  const addressManager = node.services.dcutr.addressManager
+  node.services.dcutr.addressManager = Object.create(addressManager, {
+    getAddresses: { value: () => [...addressManager.getAddresses(), ...observedAddrs] }
   })
 }
 
