@@ -2,6 +2,7 @@
 reached, on the first attempt, and how long relayed to direct takes against the protocol's floor.
 
     sudo .venv/bin/python bench/bench_nat_matrix.py [--runs 5] [--delay-ms 25] [--cells port-restricted,...]
+                                                    [--transport tcp|quic]
 
 The cells and what theory expects of each are tests/natlab.py's CELLS. A run sets the cell's routers afresh,
 starts two workers with new identities and ports (so who dials, the lower peer ID, is random), and reads
@@ -13,8 +14,12 @@ each worker's first `holepunch: connected` line. Columns:
 - paths: how the runs ended (d direct, h hole-punched, r relayed, - none in time);
 - relayed -> direct: the dialer's time_to_direct, min/p50/p90 in ms and in direct round trips;
 - floor: 2 relayed round trips (CONNECT and SYNC over the relay) + half a direct one (the wait before
-  dialing) + HANDSHAKE_RTTS direct ones (TCP SYN, multistream-select, Noise XX, multistream-select for
-  the muxer), from round trips pinged across the lab before the runs.
+  dialing) + HANDSHAKE_RTTS direct ones for the transport, from round trips pinged across the lab before
+  the runs. TCP: SYN, multistream-select, Noise XX, multistream-select for the muxer. QUIC: the handshake
+  as the DCUtR initiator, its server, sees it: the client's Initial, the server's reply, the client's
+  Finished (1.5).
+--transport: tcp, the workers listen on TCP (and WebSocket) only; quic, on QUIC only, TCP off (they reach
+the relay over QUIC too), so every punch is a QUIC one.
 Needs root (see tests/natlab.py for the rest).
 """
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tests.natlab import (CELLS, DEFAULT_DELAY_MS, HOSTS, PUBLIC_IP, SITES, Cell
                           connected_events, missing_prerequisite, set_routers, start_pair, stop_pair)
 from shared.identity import Identity  # noqa: E402
 
-HANDSHAKE_RTTS = 5.0
+HANDSHAKE_RTTS = {"tcp": 5.0, "quic": 1.5}
 RUN_TIMEOUT = 40.0
 WORKER_ENV = {"HOLEPUNCH_TIMEOUT": "6"}
 
@@ -55,9 +60,9 @@ def round_trips(lab: NatLab, cell: Cell) -> tuple[float, float]:
     return direct, relayed
 
 
-def one_run(lab: NatLab, cell: Cell, run: str) -> tuple[str, bool, float | None]:
+def one_run(lab: NatLab, cell: Cell, run: str, transport: str) -> tuple[str, bool, float | None]:
     """(path or '-', first attempt, time_to_direct in s) of one fresh pair in `cell`."""
-    pair = start_pair(lab, cell, run, env=WORKER_ENV)
+    pair = start_pair(lab, cell, run, env=WORKER_ENV, quic=transport == "quic", tcp=transport == "tcp")
     try:
         seen = connected_events(lab, pair, RUN_TIMEOUT)
         dialer = next((e for e in seen if e and e.get("initiated_by") == "us"), None) or next(
@@ -87,6 +92,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--delay-ms", type=float, default=DEFAULT_DELAY_MS, help="one way, per router")
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
+    parser.add_argument("--transport", choices=sorted(HANDSHAKE_RTTS), default="tcp",
+                        help="what the workers listen on: tcp (and WebSocket), or quic with TCP off")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # so the lab is torn down on kill
     problem = missing_prerequisite()
@@ -99,13 +106,15 @@ def main() -> None:
         lab.start_services(relay.encoded(), str(relay.peer_id))
         for cell in cells:
             direct_rtt, relayed_rtt = round_trips(lab, cell)
-            outcomes = [one_run(lab, cell, f"{cell.name.replace('/', '-')}-{run}") for run in range(args.runs)]
+            outcomes = [one_run(lab, cell, f"{cell.name.replace('/', '-')}-{args.transport}-{run}", args.transport)
+                        for run in range(args.runs)]
             for run, (path, first, ttd) in enumerate(outcomes):
                 print(f"{cell.name:26s} run {run + 1:2d}: {path:13s} first={first} "
                       f"{'' if ttd is None else f'{ttd * 1000:.0f} ms'}", flush=True)
             rows.append((cell, direct_rtt, relayed_rtt, outcomes))
-    print(f"\n{args.runs} runs a cell, {args.delay_ms:g} ms one way per router; floor = 2 relayed RTT + "
-          f"{0.5 + HANDSHAKE_RTTS:g} direct RTT\n")
+    handshake = HANDSHAKE_RTTS[args.transport]
+    print(f"\n{args.runs} runs a cell over {args.transport}, {args.delay_ms:g} ms one way per router; floor = "
+          f"2 relayed RTT + {0.5 + handshake:g} direct RTT\n")
     header = ("| cell | expected | ok | 1st | paths | direct RTT | relayed RTT | relayed -> direct min / p50 / p90 "
               "| in direct RTTs | floor | p50 / floor |")
     print(header)
@@ -114,7 +123,7 @@ def main() -> None:
         good = [o for o in outcomes if ok(cell, o[0])]
         first = [o for o in good if o[1]]
         paths = "".join({"direct": "d", "hole-punched": "h", "relayed": "r"}.get(o[0], "-") for o in outcomes)
-        floor = 2 * relayed_rtt + (0.5 + HANDSHAKE_RTTS) * direct_rtt
+        floor = 2 * relayed_rtt + (0.5 + handshake) * direct_rtt
         times = [o[2] * 1000 for o in outcomes if o[0] == "hole-punched" and o[2] is not None]
         if times:
             lo, p50, p90 = quantiles(times)

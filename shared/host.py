@@ -9,6 +9,10 @@ separate ports (js-libp2p's dials are dropped when they share one).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import socket
+import time
+import weakref
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -22,6 +26,8 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from shared.identity import Identity
+
+log = logging.getLogger("shared.host")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +123,111 @@ def _plain_tcp_listen_addrs(host: IHost) -> list[tuple[int, str, int]]:
                                                else multiaddr.Multiaddr(str(addr)))) is not None]
 
 
+# QUIC client connections that share their QUIC listener's port (see _quic_dial_from_listen_port)
+_SHARING_LISTEN_PORT: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _quic_listener(transport, family: int):
+    return next((listener for listener in transport._listeners if listener.is_listening() and listener._socket
+                 and listener._socket.family == family), None)
+
+
+async def _quic_dial_from_listen_port(self) -> None:
+    # Replaces QUICConnection._initiate_connection, which binds every QUIC dial to a new ephemeral port (and,
+    # given a socket, fails on an unset variable). A hole punch needs the dial to leave from the listen port:
+    # the NAT mapping the peer's packets are aimed at (our observed QUIC address, which DCUtR sends) is the
+    # listen socket's, and a port-restricted NAT drops what comes from any other. go-libp2p dials from its
+    # listen socket too. Here a second UDP socket is bound to the listener's address with SO_REUSEPORT and
+    # connected to the peer: Linux gives a connected socket exactly the datagrams of its 4-tuple and the
+    # listener everything else, and both leave through one NAT mapping. Without a listener of the family, or
+    # when another dial already holds this 4-tuple, the dial keeps the library's ephemeral port.
+    family = socket.AF_INET6 if ":" in self._remote_addr[0] else socket.AF_INET
+    listener = _quic_listener(self._transport, family)
+    if listener is not None and any(c._remote_addr == self._remote_addr and c._socket is not None
+                                    for c in _SHARING_LISTEN_PORT):
+        listener = None
+    sock = trio.socket.socket(family=family, type=socket.SOCK_DGRAM)
+    try:
+        if listener is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            await sock.bind(listener._socket.getsockname()[:2])
+            await sock.connect(self._remote_addr)
+        else:
+            await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    except BaseException:
+        sock.close()
+        raise
+    self._socket, self._owns_socket, self._shared_listener = sock, True, listener
+    if listener is not None:
+        _SHARING_LISTEN_PORT.add(self)
+    self._quic.connect(self._remote_addr, now=time.time())
+    await self._transmit()
+
+
+async def _quic_client_receiver(self) -> None:
+    # Replaces QUICConnection._client_packet_receiver for the dials above. A packet on a socket that shares
+    # the listen port, but for a connection ID this client does not own, is the listener's (the peer dialing
+    # us from the port we dial, as when both sides of a DCUtR exchange start one): it is handed over. An
+    # ICMP error, which a connected UDP socket reports on its next read, no longer ends the receiver: a hole
+    # punch's first packets may meet one, and the handshake's own timer decides whether the dial failed.
+    listener = getattr(self, "_shared_listener", None)
+    while not self._closed and self._socket:
+        try:
+            data, addr = await self._socket.recvfrom(65536)
+        except ConnectionRefusedError:
+            continue
+        except (trio.ClosedResourceError, OSError):
+            return
+        if listener is not None:
+            header = listener.parse_quic_packet(data)
+            if header is not None and header.destination_cid not in {c.cid for c in self._quic._host_cids}:
+                await listener._process_packet(data, addr)
+                continue
+        try:
+            self._quic.receive_datagram(data, addr, now=time.time())
+            self._signal_activity()
+            await self._process_quic_events_batched()
+            await self._transmit()
+        except Exception as exc:  # as the library's receiver: one bad packet does not end the connection
+            if self._closed or not self._socket:
+                return
+            log.debug("QUIC client packet failed", extra={"error": repr(exc)})
+
+
+class _QuicRemoteAddress(tuple):
+    """A QUIC stream's remote (ip, port): a tuple that remembers it is UDP."""
+
+
+def _quic_stream_remote_address(self) -> tuple[str, int]:
+    return _QuicRemoteAddress(self._remote_addr)
+
+
+def _observed_multiaddr(remote_address):
+    # Replaces identify's _remote_address_to_multiaddr, which writes /tcp/ whatever the transport: a peer told
+    # /ip4/X/tcp/P for its QUIC connection finds no local listener to match and drops the observation, so a
+    # QUIC-only node behind a NAT never learns its public address (which DCUtR needs).
+    if remote_address is None:
+        return None
+    host, port = remote_address
+    host = host[7:] if host.lower().startswith("::ffff:") else host
+    transport = "udp" if isinstance(remote_address, _QuicRemoteAddress) else "tcp"
+    suffix = "/quic-v1" if transport == "udp" else ""
+    return multiaddr.Multiaddr(f"/{'ip6' if ':' in host else 'ip4'}/{host}/{transport}/{port}{suffix}")
+
+
 def install_library_patches() -> None:
     """Mend py-libp2p 0.8.1 (pinned) where it breaks us; called once at start by the runner (and by tests
     that build nodes in-process), never on import."""
+    from libp2p.identity.identify import identify
     from libp2p.relay.circuit_v2 import dcutr
+    from libp2p.transport.quic.connection import QUICConnection
+    from libp2p.transport.quic.stream import QUICStream
 
     dcutr._local_tcp_listen_addrs = _plain_tcp_listen_addrs
+    QUICStream.get_remote_address = _quic_stream_remote_address
+    identify._remote_address_to_multiaddr = _observed_multiaddr
+    QUICConnection._initiate_connection = _quic_dial_from_listen_port
+    QUICConnection._client_packet_receiver = _quic_client_receiver
 
 
 class ConnectionWatch(INotifee):

@@ -154,6 +154,7 @@ class NatLab:
         self.procs: dict[str, tuple[subprocess.Popen, pathlib.Path]] = {}
         self._next_port = 4100
         self.relay_addr = ""  # set by start_services
+        self.relay_quic_addr = ""  # the same relay over QUIC, set by start_services
 
     # --- topology ------------------------------------------------------------------------------------
 
@@ -313,20 +314,26 @@ class NatLab:
         self.start("rendezvous", "pub", [str(BIN / "rendezvous")], {"HOST": PUBLIC_IP, "PORT": "8080"})
         self.start("relay", "pub", [str(BIN / "relay")],
                    {"IDENTITY_KEY": relay_key, "LISTEN_HOST": PUBLIC_IP, "TCP_PORT": "4001", "WS_PORT": "4002",
-                    "QUIC_PORT": "off", "PORT": "8082"})
+                    "QUIC_PORT": "4003", "PORT": "8082"})
         self.relay_addr = f"/ip4/{PUBLIC_IP}/tcp/4001/p2p/{relay_peer_id}"
+        self.relay_quic_addr = f"/ip4/{PUBLIC_IP}/udp/4003/quic-v1/p2p/{relay_peer_id}"
         return self.relay_addr
 
     def start_worker(self, host: str, relay_addr: str, name: str | None = None, tcp_port: int | None = None,
-                     env: dict[str, str] | None = None) -> str:
+                     env: dict[str, str] | None = None, quic: bool = False, tcp: bool = True) -> str:
         """A worker on `host` (a, a2, b or p); returns its process name. Each gets new ports unless told,
-        so no NAT state of an earlier worker applies to it."""
+        so no NAT state of an earlier worker applies to it. `quic`: listen on QUIC too; `tcp=False`: no TCP
+        or WebSocket at all (then it reaches the relay over QUIC)."""
         name = name or f"worker-{host}"
         if tcp_port is None:
             tcp_port, self._next_port = self._next_port, self._next_port + 1
+        ports = {"TCP_PORT": str(tcp_port) if tcp else "off", "WS_PORT": str(tcp_port + 1000) if tcp else "off",
+                 "QUIC_PORT": str(tcp_port + 3000) if quic else "off"}
+        if not tcp:
+            relay_addr = self.relay_quic_addr
         self.start(name, f"h{host}", [str(BIN / "worker")], {
-            "IDENTITY_FILE": str(self.dir / f"{name}.key"), "LISTEN_HOST": HOSTS[host][1],
-            "TCP_PORT": str(tcp_port), "WS_PORT": str(tcp_port + 1000), "PORT": str(tcp_port + 2000),
+            "IDENTITY_FILE": str(self.dir / f"{name}.key"), "LISTEN_HOST": HOSTS[host][1], **ports,
+            "PORT": str(tcp_port + 2000),
             "RENDEZVOUS_SERVICE_URL": f"http://{PUBLIC_IP}:8080", "LIBP2P_RELAY_BOOTSTRAP": relay_addr,
             "DISCOVER_INTERVAL": "1", "LOG_LEVEL": "DEBUG", "PUBLIC_NETWORKS": DOCUMENTATION_NETWORKS, **(env or {})})
         return name
@@ -382,17 +389,18 @@ class Pair:
 
 
 def start_pair(lab: NatLab, cell: Cell, run: str, keys: tuple[str, str] | None = None,
-               env: dict[str, str] | None = None) -> Pair:
+               env: dict[str, str] | None = None, quic: bool = False, tcp: bool = True) -> Pair:
     """Set the routers for `cell` (afresh: no memory of an earlier run's peers) and start its two workers in a
     namespace of their own, so they find only each other. `keys`: IDENTITY_KEYs, to choose who dials (the
-    lower peer ID)."""
+    lower peer ID); `quic`, `tcp`: their transports (NatLab.start_worker)."""
     set_routers(lab, cell)
     names = []
     for n, host in enumerate(cell.hosts):
         worker_env = {"NAMESPACE": f"cell-{run}", **(env or {})}
         if keys:
             worker_env["IDENTITY_KEY"] = keys[n]
-        names.append(lab.start_worker(host, lab.relay_addr, name=f"{run}-{host}", env=worker_env))
+        names.append(lab.start_worker(host, lab.relay_addr, name=f"{run}-{host}", env=worker_env, quic=quic,
+                                      tcp=tcp))
     peers = []
     for name in names:
         started = lab.wait_for(name, lambda e: e.get("message") == "worker started", 30.0)

@@ -23,7 +23,7 @@ from shared import tracing
 from shared.host import ConnectionWatch, is_relayed
 from shared.rendezvous_client import PeerEntry
 from worker import echo, events
-from worker.holepunch import HolePuncher, connection_kinds, stream_kind
+from worker.holepunch import HolePuncher, connection_kinds, listens_on_quic, stream_kind
 
 log = logging.getLogger("worker.connect")
 
@@ -85,7 +85,9 @@ class Connector:
             else:
                 outcome.path = await self._await_direct(peer_id, time.monotonic(), self.timeouts.holepunch, "them")
             return
-        direct = [a for a in entry.addrs if not is_relayed(a)]
+        # QUIC addresses first when we listen on QUIC: the hole punch's preference too (worker/holepunch.py)
+        quic_first = listens_on_quic(self.host)
+        direct = sorted((a for a in entry.addrs if not is_relayed(a)), key=lambda a: not (quic_first and "/quic" in a))
         circuits = [a for a in entry.addrs if is_relayed(a)]
         if direct and await self._dial_direct(peer_id, direct):
             outcome.path = "direct"

@@ -1,0 +1,88 @@
+"""Hole punching over QUIC in the NAT lab (tests/natlab.py): two workers behind port-restricted NATs, 25 ms one
+way on every router. With TCP off they end hole-punched over QUIC; with both TCP and QUIC they choose QUIC.
+
+Which transport the direct connection uses is read from router A's connection tracking, not from the
+workers: a QUIC path is a UDP flow from the worker behind it to the other's listen port at router B that has
+seen replies; a TCP path would be an established TCP flow there.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shared.identity import Identity
+from tests.natlab import (CELLS, SITES, NatLab, connected_events, missing_prerequisite, start_pair,
+                          stop_pair)
+
+pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
+                                reason=f"NAT lab unavailable: {missing_prerequisite()}")
+
+DELAY_MS = 25.0
+PORT_RESTRICTED = next(cell for cell in CELLS if cell.name == "port-restricted")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    relay = Identity.from_seed(os.urandom(32))
+    with NatLab(delay_ms=DELAY_MS) as built:
+        built.start_services(relay.encoded(), str(relay.peer_id))
+        yield built
+
+
+def listen_port(lab: NatLab, name: str, protocol: str) -> str | None:
+    """The port a worker listens on for `protocol` (tcp or udp), from its start line."""
+    started = next(e for e in lab.events(name) if e.get("message") == "worker started")
+    return next((a.split(f"/{protocol}/")[1].split("/")[0] for a in started["listen"]
+                 if f"/{protocol}/" in a and "/ws" not in a), None)
+
+
+def direct_flows(lab: NatLab, pair, protocol: str) -> list[str]:
+    """Router A's tracked `protocol` flows from the pair's worker behind it to the other's listen port at router
+    B's public address that saw replies (for UDP, not [UNREPLIED]; for TCP, ESTABLISHED): the direct path."""
+    ports = [listen_port(lab, name, protocol) for name in pair.names]
+    if None in ports:
+        return []
+    table = lab.run_in(SITES["a"].router, "cat", "/proc/net/nf_conntrack").splitlines()
+    replied = (lambda line: "ESTABLISHED" in line) if protocol == "tcp" else (lambda line: "[UNREPLIED]" not in line)
+    return [line for line in table if f" {protocol} " in line and f"dst={SITES['b'].wan_ip} " in line
+            and f"dport={ports[1]} " in line and replied(line)]
+
+
+def punch(lab: NatLab, run: str, tcp: bool):
+    """A fresh pair behind port-restricted NATs with QUIC on; -> (pair, both workers' connected events)."""
+    pair = start_pair(lab, PORT_RESTRICTED, run, quic=True, tcp=tcp)
+    seen = connected_events(lab, pair, 45.0)
+    for name, event in zip(pair.names, seen):
+        assert event is not None, f"{name} never connected; its log:\n{lab.log_text(name)[-4000:]}"
+    return pair, seen
+
+
+def story(lab: NatLab, pair) -> str:
+    return "\n".join(f"{name}: {e['message']}" for name in pair.names for e in lab.events(name)
+                     if e.get("event") not in (None, "echo"))
+
+
+def assert_punched_over_quic(lab: NatLab, pair, seen) -> None:
+    for event in seen:
+        # the echo round trip ran over the direct connection, through both routers' delays
+        assert event["path"] == "hole-punched" and event["over"] == "direct", story(lab, pair)
+        assert event["rtt_ms"] >= 4 * DELAY_MS, event
+    assert direct_flows(lab, pair, "udp"), story(lab, pair)
+    assert not direct_flows(lab, pair, "tcp"), direct_flows(lab, pair, "tcp")
+
+
+def test_with_tcp_off_port_restricted_nats_end_hole_punched_over_quic(lab):
+    pair, seen = punch(lab, "quic-only", tcp=False)
+    try:
+        assert_punched_over_quic(lab, pair, seen)
+    finally:
+        stop_pair(lab, pair)
+
+
+def test_with_tcp_and_quic_the_punch_prefers_quic(lab):
+    pair, seen = punch(lab, "quic-and-tcp", tcp=True)
+    try:
+        assert_punched_over_quic(lab, pair, seen)
+    finally:
+        stop_pair(lab, pair)
