@@ -16,6 +16,7 @@ command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)
 { command -v nft && command -v ping && [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ]; } >/dev/null || need_apt+=(nftables iputils-ping libnetfilter-queue-dev)  # the NAT lab: sequential NAT, ping, NetfilterQueue's build
+[ -x /usr/sbin/miniupnpd ] || need_apt+=(miniupnpd)  # the NAT lab's port-mapping gateway (UPnP IGD, NAT-PMP); Debian leaves its service off
 if [ -z "${HOLEPUNCH_SKIP_CONTAINER_CHECK:-}" ]; then
   command -v podman >/dev/null || need_apt+=(podman)
   command -v runc >/dev/null || need_apt+=(runc)

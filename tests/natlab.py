@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 PUBLIC_IP = "198.51.100.1"
 BIN = pathlib.Path(sys.executable).parent
@@ -62,6 +63,13 @@ SITES = {
 }
 HOSTS = {"a": ("a", "10.1.1.2"), "a2": ("a", "10.1.1.3"), "b": ("b", "10.1.2.2"), "p": ("p", "203.0.113.2")}
 PUBLIC_SITE_NETWORK = "203.0.113.0/24"
+
+# Port mapping: Debian's miniupnpd on a router (`NatLab.start_igd`). It refuses to forward on a reserved
+# external address, RFC 5737's included ("Port forwarding is impossible"), so a router running it also holds
+# a routable address on its WAN, announced as its external one and routed to it on the public segment. The
+# namespaces never reach the machine's own network: here the address stands for nobody real.
+IGD_PUBLIC_IPS = {"a": "11.1.1.11", "b": "11.1.1.12"}
+IGD_TABLE = "miniupnpd"  # the nft table holding the mappings (forwarding and DNAT rules)
 
 # Every NAT drops unsolicited inbound connections as home routers do (a stock Linux router answers a TCP SYN
 # with RST, which kills a simultaneous open; UDP would get ICMP port unreachable).
@@ -246,6 +254,53 @@ class NatLab:
         if nft:
             self.run_in(router, "nft", "-f", "-", stdin=nft)
         self.nat[side] = nat
+
+    def start_igd(self, side: str) -> str:
+        """Debian's miniupnpd on router `side` (a or b): UPnP IGD and NAT-PMP for its LAN, in secure mode (a
+        host maps ports to itself only), external address IGD_PUBLIC_IPS[side]. Returns its process name;
+        `igd_rules` shows the mappings it holds. Its rules sit in an nft table of their own, beside the NAT's
+        iptables rules, which `set_nat` may replace meanwhile."""
+        router, site, public_ip = SITES[side].router, SITES[side], IGD_PUBLIC_IPS[side]
+        self.run_in(router, "ip", "addr", "add", f"{public_ip}/32", "dev", "wan")
+        self.run_in("pub", "ip", "route", "add", f"{public_ip}/32", "dev", "br0")
+        for other in SITES.values():
+            if other.router != router:
+                self.run_in(other.router, "ip", "route", "add", f"{public_ip}/32", "dev", "wan")
+        # the chains miniupnpd fills; Debian's nft_init.sh would also set the forward policy to drop
+        chains = ("forward_miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd")
+        self.run_in(router, "nft", "-f", "-", stdin=(
+            f"table inet {IGD_TABLE} {{\n" + "".join(f"  chain {c} {{ }}\n" for c in chains)
+            + "  chain forward { type filter hook forward priority filter; policy accept; "
+            "jump forward_miniupnpd; }\n"
+            "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; "
+            "jump prerouting_miniupnpd; }\n"
+            "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
+            "jump postrouting_miniupnpd; }\n}\n"))
+        name = f"igd-{side}"
+        conf = self.dir / f"{name}.conf"
+        conf.write_text("\n".join([
+            "ext_ifname=wan", f"ext_ip={public_ip}", "listening_ip=lan", "port=5000", "enable_natpmp=yes",
+            "enable_upnp=yes", "secure_mode=yes", "system_uptime=yes", f"uuid={uuid.uuid4()}",
+            f"upnp_table_name={IGD_TABLE}", f"upnp_nat_table_name={IGD_TABLE}",
+            "upnp_forward_chain=forward_miniupnpd", "upnp_nat_chain=prerouting_miniupnpd",
+            "upnp_nat_postrouting_chain=postrouting_miniupnpd", f"lease_file={self.dir / f'{name}.leases'}",
+            f"allow 1024-65535 {site.gateway}/{site.prefix} 1024-65535", "deny 0-65535 0.0.0.0/0 0-65535", ""]))
+        self.start(name, router, ["miniupnpd", "-d", "-f", str(conf), "-P", str(self.dir / f"{name}.pid")], {})
+        deadline = time.monotonic() + 10
+        while "Listening for NAT-PMP" not in self.log_text(name):
+            if time.monotonic() > deadline or self.procs[name][0].poll() is not None:
+                raise RuntimeError(f"miniupnpd on router {side} did not start: {self.log_text(name)}")
+            time.sleep(0.05)
+        return name
+
+    def igd_rules(self, side: str) -> str:
+        """The nft rules miniupnpd has made on router `side`: one DNAT and one accept per mapping."""
+        return self.run_in(SITES[side].router, "nft", "list", "table", "inet", IGD_TABLE)
+
+    def igd_leases(self, side: str) -> list[str]:
+        """miniupnpd's lease file on router `side`: PROTO:EXT_PORT:HOST:PORT:EXPIRES:LABEL, one per mapping."""
+        path = self.dir / f"igd-{side}.leases"
+        return path.read_text().splitlines() if path.exists() else []
 
     def close(self) -> None:
         for name in list(self.procs):

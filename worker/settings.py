@@ -7,9 +7,10 @@ from typing import Sequence
 
 from shared.host import ListenPlan
 from shared.settings import (OBSERVABILITY_OPTIONS, Observability, Option, boolean, comma_list, http_url, multiaddrs,
-                             namespace, observability, parse_options, peer_ids, port_or_off, positive_float,
+                             integer, namespace, observability, parse_options, peer_ids, port_or_off, positive_float,
                              positive_int)
 from worker.dialable import DialScope, parse_scope
+from worker.portmap import parse_mode as port_mapping_mode
 
 
 def connect_policy(text: str) -> int | None:
@@ -68,6 +69,11 @@ OPTIONS = [
     Option("--holepunch-timeout", "HOLEPUNCH_TIMEOUT", positive_float, "10",
            "seconds allowed for a DCUtR upgrade of a relayed connection (the library makes up to 3 attempts)"),
     Option("--holepunch", "HOLEPUNCH", boolean, "true", "upgrade relayed connections to direct ones with DCUtR"),
+    Option("--port-mapping", "PORT_MAPPING", port_mapping_mode, "auto",
+           "ask the gateway to forward our TCP and QUIC ports and register the mapped address: auto (NAT-PMP, "
+           "then UPnP; logs once when neither answers), natpmp, upnp or off"),
+    Option("--port-mapping-lease", "PORT_MAPPING_LEASE", integer(10, 604800), "7200",
+           "seconds of lease asked for each port mapping (RFC 6886 recommends 7200); renewed at half"),
     Option("--chat-greeting", "CHAT_GREETING", str, "",
            "when set, open our chat protocol to every peer we connect to and say this first (browser demo)"),
     *OBSERVABILITY_OPTIONS,
@@ -96,6 +102,8 @@ class WorkerSettings:
     relay_dial_timeout: float
     holepunch_timeout: float
     holepunch: bool
+    port_mapping: str  # auto | upnp | natpmp | off
+    port_mapping_lease: int
     chat_greeting: str
     observability: Observability
 
