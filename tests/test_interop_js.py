@@ -130,7 +130,7 @@ def test_js_peers_hole_punch_through_our_relay(js_peer):
         relayed = dialer.wait_event("relayed", 30)
         result = dialer.wait_event("result", 35)
         assert relayed["ms"] >= 0
-        assert result["path"] == "direct", result
+        assert result["path"] == "direct", f"{result}\n{dialer.text()[-4000:]}"
         assert "/p2p-circuit" not in result["remote_addr"] and result["rtt_ms"] > 0
         assert dialer.proc.wait(10) == 0
 

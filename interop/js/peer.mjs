@@ -192,7 +192,9 @@ if (services.dcutr != null) {
   node.addEventListener('peer:identify', ({ detail }) => {
     const observed = detail.observedAddr
     if (observed == null || !isPunchable(observed)) return
-    const text = observed.decapsulateCode(421).toString() // without /p2p/<us>
+    // with /p2p/<us>, as getAddresses() gives ours: js-libp2p refuses to dial a list that mixes addresses
+    // with and without a peer ID
+    const text = `${observed.decapsulateCode(421)}/p2p/${node.peerId}`
     if (observedAddrs.some(ma => ma.toString() === text)) return
     log(`identify: ${detail.peerId} sees us at ${text}; offered to DCUtR`)
     observedAddrs.push(multiaddr(text))
