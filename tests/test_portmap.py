@@ -15,6 +15,7 @@ import pytest
 from shared.identity import Identity
 from shared.settings import ConfigError
 from tests.natlab import (HOSTS, IGD_PUBLIC_IPS, Nat, NatLab, Pair, connected_events, missing_prerequisite)
+from worker.portmap import listen_ports
 from worker.settings import WorkerSettings
 
 _why_not = missing_prerequisite() or (None if shutil.which("miniupnpd") else
@@ -137,23 +138,27 @@ def started(lab: NatLab, name: str) -> dict:
 
 
 @needs_lab
-@pytest.mark.parametrize("mode,protocol", [("auto", "natpmp"), ("upnp", "upnp")])
-def test_behind_a_symmetric_nat_that_maps_a_peer_dials_the_worker_directly(lab, mode, protocol):
+@pytest.mark.parametrize("mode,protocol,quic", [("auto", "natpmp", False), ("upnp", "upnp", True)])
+def test_behind_a_symmetric_nat_that_maps_a_peer_dials_the_worker_directly(lab, mode, protocol, quic):
     lab.set_nat("a", Nat.SYMMETRIC)  # endpoint-dependent: no hole punch could work here (the matrix's cells)
     lab.set_nat("b", Nat.PORT_RESTRICTED)  # and router B maps nothing
     dialer_key, worker_key = keys_dialer_first()  # b holds the lower peer ID: b dials
     env = {"NAMESPACE": f"portmap-{mode}", "PORT_MAPPING": mode, "PORT_MAPPING_LEASE": "10"}
-    a = lab.start_worker("a", lab.relay_addr, name=f"pm-{mode}-a", env={**env, "IDENTITY_KEY": worker_key})
+    a = lab.start_worker("a", lab.relay_addr, name=f"pm-{mode}-a", env={**env, "IDENTITY_KEY": worker_key},
+                         quic=quic)
     started_a = started(lab, a)
     port = tcp_port(started_a)
+    # the TCP port, and with QUIC the UDP one (NatLab.start_worker puts QUIC 3000 above TCP)
+    expected = {f"/ip4/{PUBLIC}/tcp/{port}"} | ({f"/ip4/{PUBLIC}/udp/{port + 3000}/quic-v1"} if quic else set())
     mapped = lab.wait_for(a, lambda e: e.get("event") == "port_mapped", 20.0)
     assert mapped is not None, story(lab, a)
-    assert mapped["protocol"] == protocol and f"/ip4/{PUBLIC}/tcp/{port}" in mapped["external_addrs"], mapped
+    assert mapped["protocol"] == protocol and set(mapped["external_addrs"]) == expected, mapped
     registered = lab.wait_for(a, lambda e: e.get("message") == "registered"
-                              and f"/ip4/{PUBLIC}/tcp/{port}" in e.get("addrs", []), 10.0)
+                              and expected <= set(e.get("addrs", [])), 10.0)
     assert registered is not None, story(lab, a)
 
-    b = lab.start_worker("b", lab.relay_addr, name=f"pm-{mode}-b", env={**env, "IDENTITY_KEY": dialer_key})
+    b = lab.start_worker("b", lab.relay_addr, name=f"pm-{mode}-b", env={**env, "IDENTITY_KEY": dialer_key},
+                         quic=quic)
     pair = Pair((b, a), (started(lab, b)["peer"], started_a["peer"]))
     try:
         by_b, by_a = connected_events(lab, pair, 30.0)
@@ -165,8 +170,8 @@ def test_behind_a_symmetric_nat_that_maps_a_peer_dials_the_worker_directly(lab, 
         status = json.loads(lab.run_in("ha", "curl", "-sf", f"http://127.0.0.1:{port + 2000}/status"))
         held = status["port_mapping"]
         assert held["protocol"] == protocol and held["mode"] == mode, held
-        assert {m["external_addr"] for m in held["mappings"]} == {f"/ip4/{PUBLIC}/tcp/{port}"}, held
-        assert held["mappings"][0]["lease_seconds"] == 10, held
+        assert {m["external_addr"] for m in held["mappings"]} == expected, held
+        assert {m["lease_seconds"] for m in held["mappings"]} == {10}, held
         # renewed at half the 10 s lease, keeping its port
         renewed = lab.wait_for(a, lambda e: e.get("event") == "port_mapping_renewed", 10.0)
         assert renewed is not None and renewed["external_addrs"] == mapped["external_addrs"], story(lab, a)
@@ -182,6 +187,7 @@ def test_behind_a_symmetric_nat_that_maps_a_peer_dials_the_worker_directly(lab, 
         said = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         assert [e for e in said if e.get("event") == "port_unmapped"], [e["message"] for e in said][-20:]
         assert not dnat_rule("tcp", port).search(lab.igd_rules("a")), lab.igd_rules("a")
+        assert not dnat_rule("udp", port + 3000).search(lab.igd_rules("a")), lab.igd_rules("a")
     finally:
         for name in (a, b):
             if name in lab.procs:
@@ -196,3 +202,11 @@ def test_a_bad_port_mapping_option_stops_the_worker_with_a_clear_error():
         WorkerSettings.parse(["--port-mapping-lease", "5"], {})
     assert WorkerSettings.parse([], {"PORT_MAPPING": " UPnP "}).port_mapping == "upnp"
     assert WorkerSettings.parse([], {}).port_mapping == "auto"
+
+
+def test_only_the_tcp_and_quic_listeners_off_loopback_are_mapped():
+    # a stack on one machine (LISTEN_HOST=127.0.0.1) must not open ports on the developer's router
+    peer = "/p2p/12D3KooWSAYkv5sxrh7nzEo6YtHtER3qvT63PvMMkMSmdUpbqaGG"
+    assert listen_ports([f"/ip4/127.0.0.1/tcp/4001{peer}", "/ip4/127.0.0.1/udp/4003/quic-v1"]) == []
+    assert listen_ports([f"/ip4/10.1.1.2/tcp/4100{peer}", "/ip4/10.1.1.2/tcp/5100/ws", "/ip4/0.0.0.0/udp/7100/quic-v1",
+                         f"/ip4/198.51.100.1/tcp/4001/p2p/{peer[5:]}/p2p-circuit"]) == [("tcp", 4100), ("udp", 7100)]

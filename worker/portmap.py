@@ -67,16 +67,20 @@ def parse_mode(text: str) -> str:
 
 def listen_ports(addrs: list[str]) -> list[tuple[str, int]]:
     """(transport, port) of the plain TCP and the QUIC listeners: what peers dial. The WebSocket port is for
-    browsers, which need a certificate for a public address anyway."""
+    browsers, which need a certificate for a public address anyway. A listener on loopback is left out: the
+    gateway would forward to our LAN address, where it does not listen (and a test stack on one machine
+    must not open ports on the developer's router)."""
     out = []
     for text in addrs:
         if "/p2p-circuit" in text or "/ws" in text:
             continue
         addr = multiaddr.Multiaddr(text)
-        protocols = [p.name for p in addr.protocols()]
-        if "tcp" in protocols and len(protocols) == 2:
+        protocols = [p.name for p in addr.protocols() if p.name != "p2p"]
+        if ipaddress.ip_address(addr.value_for_protocol(protocols[0])).is_loopback:
+            continue
+        if protocols[1:] == ["tcp"]:
             out.append(("tcp", int(addr.value_for_protocol("tcp"))))
-        elif "quic-v1" in protocols:
+        elif protocols[1:] == ["udp", "quic-v1"]:
             out.append(("udp", int(addr.value_for_protocol("udp"))))
     return list(dict.fromkeys(out))
 
