@@ -43,3 +43,5 @@ pub fn keypair_from_env() -> Result<Keypair, String> {
     }
     Keypair::ed25519_from_bytes(bytes).map_err(|e| format!("SEED is not an Ed25519 seed: {e}"))
 }
+
+pub mod rendezvous_wire;
