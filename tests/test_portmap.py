@@ -86,6 +86,15 @@ def test_the_gateway_maps_renews_and_deletes(lab, protocol, transport, port):
 
 
 @needs_lab
+def test_a_mapping_the_gateways_rules_deny_is_refused_with_its_reason(lab):
+    # the lab's miniupnpd allows external ports 1024-65535 only; a UPnP request names its external port.
+    # (NAT-PMP's is a hint: miniupnpd searches upwards for an allowed one instead, slowly.)
+    with pytest.raises(RuntimeError, match="the UPnP gateway refused to map tcp 4701: Action not authorized"):
+        ask(lab, "a", "upnp", "map", "tcp", 4701, 60, 80)
+    assert "dport 80 " not in lab.igd_rules("a")
+
+
+@needs_lab
 def test_auto_without_a_mapping_gateway_logs_once_and_carries_on(lab):
     # router B answers neither NAT-PMP (ICMP port unreachable) nor the SSDP search (a round waits ~2 s for
     # it); retries 0.3 s apart here

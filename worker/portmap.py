@@ -175,8 +175,8 @@ class NatPmpClient:
         if gateway is None:
             raise MappingError("no IPv4 default gateway to ask")
         wait = NATPMP_FIRST_WAIT
-        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
+        try:
+            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 await sock.connect((gateway, NATPMP_PORT))
                 for _ in range(NATPMP_TRIES):
                     await sock.send(request)
@@ -190,8 +190,8 @@ class NatPmpClient:
                             raise MappingError(f"the gateway refused: {_RESULTS.get(result, result)}")
                         return answer
                     wait *= 2
-            except OSError as exc:  # ICMP port unreachable arrives as ECONNREFUSED: no NAT-PMP there
-                raise MappingError(f"{gateway}:{NATPMP_PORT} does not answer NAT-PMP ({exc.strerror})") from None
+        except OSError as exc:  # ICMP port unreachable arrives as ECONNREFUSED: no NAT-PMP there
+            raise MappingError(f"{gateway}:{NATPMP_PORT} does not answer NAT-PMP ({exc.strerror})") from None
         raise MappingError(f"{gateway}:{NATPMP_PORT} did not answer NAT-PMP in {NATPMP_TRIES} tries")
 
 
