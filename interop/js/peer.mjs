@@ -207,6 +207,7 @@ if (services.dcutr != null) {
 }
 
 const stop = async () => {
+  setTimeout(() => process.exit(0), 5000).unref() // a stop that hangs on a dying connection ends anyway
   try { await node.stop() } catch {}
   process.exit(0)
 }
