@@ -83,7 +83,31 @@ async def running(host: IHost, plan: ListenPlan) -> AsyncIterator[IHost]:
     async with host.run(plan.multiaddrs()):
         _check_listening(host, plan)
         await host.get_network().auto_connector.stop()
-        yield host
+        try:
+            yield host
+        finally:
+            await _say_goodbye(host)
+
+
+CLOSE_GRACE = 1.0  # seconds a stopping node gives its connections to close
+
+
+async def _say_goodbye(host: IHost) -> None:
+    """Close every connection before the host stops. py-libp2p tears its connections down under cancellation,
+    so a QUIC peer is never sent CONNECTION_CLOSE and holds the connection, and a relay the reservation on
+    it, until the 10 min idle timeout (TCP peers see the kernel's FIN either way)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+        async with trio.open_nursery() as nursery:
+            for conns in list(host.get_network().connections.values()):
+                for conn in conns if isinstance(conns, list) else [conns]:
+                    nursery.start_soon(_close_quietly, conn)
+
+
+async def _close_quietly(conn) -> None:
+    try:
+        await conn.close()
+    except Exception as exc:  # a connection already broken has nothing left to say
+        log.debug("closing a connection at stop failed", extra={"error": repr(exc)})
 
 
 def _kind_of(addr: str) -> str:

@@ -1,5 +1,6 @@
 """Hole punching over QUIC in the NAT lab (tests/natlab.py): two workers behind port-restricted NATs, 25 ms one
 way on every router. With TCP off they end hole-punched over QUIC; with both TCP and QUIC they choose QUIC.
+And, on loopback, a stopping node closes its QUIC connections (else a relay keeps its reservation 10 min).
 
 Which transport the direct connection uses is read from router A's connection tracking, not from the
 workers: a QUIC path is a UDP flow from the worker behind it to the other's listen port at router B that has
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import os
 
+import multiaddr
 import pytest
+import trio
 
+from shared.host import ConnectionWatch, ListenPlan, build_host, connections_to, install_library_patches, running
 from shared.identity import Identity
 from tests.natlab import (CELLS, SITES, NatLab, connected_events, missing_prerequisite, start_pair,
                           stop_pair)
+from tests.servers import free_port
 
-pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
-                                reason=f"NAT lab unavailable: {missing_prerequisite()}")
+needs_lab = pytest.mark.skipif(missing_prerequisite() is not None,
+                               reason=f"NAT lab unavailable: {missing_prerequisite()}")
 
 DELAY_MS = 25.0
 PORT_RESTRICTED = next(cell for cell in CELLS if cell.name == "port-restricted")
@@ -72,6 +77,7 @@ def assert_punched_over_quic(lab: NatLab, pair, seen) -> None:
     assert not direct_flows(lab, pair, "tcp"), direct_flows(lab, pair, "tcp")
 
 
+@needs_lab
 def test_with_tcp_off_port_restricted_nats_end_hole_punched_over_quic(lab):
     pair, seen = punch(lab, "quic-only", tcp=False)
     try:
@@ -80,9 +86,31 @@ def test_with_tcp_off_port_restricted_nats_end_hole_punched_over_quic(lab):
         stop_pair(lab, pair)
 
 
+@needs_lab
 def test_with_tcp_and_quic_the_punch_prefers_quic(lab):
     pair, seen = punch(lab, "quic-and-tcp", tcp=True)
     try:
         assert_punched_over_quic(lab, pair, seen)
     finally:
         stop_pair(lab, pair)
+
+
+def test_a_stopping_node_closes_its_quic_connections():
+    install_library_patches()  # as the runner does at start
+
+    async def main() -> float | None:
+        plans = [ListenPlan("127.0.0.1", None, None, free_port()) for _ in range(2)]
+        hosts = [build_host(Identity.from_seed(os.urandom(32)), plan) for plan in plans]
+        async with running(hosts[1], plans[1]):
+            watch = ConnectionWatch(hosts[1])
+            async with running(hosts[0], plans[0]):
+                await hosts[0].get_network().dial_addr(
+                    multiaddr.Multiaddr(f"/ip4/127.0.0.1/udp/{plans[1].quic_port}/quic-v1"), hosts[1].get_id())
+                assert await watch.wait_until(lambda: bool(connections_to(hosts[1], hosts[0].get_id())), 5)
+            stopped = trio.current_time()
+            if await watch.wait_until(lambda: not connections_to(hosts[1], hosts[0].get_id()), 5):
+                return trio.current_time() - stopped
+            return None
+
+    noticed_after = trio.run(main)
+    assert noticed_after is not None, "the peer still holds the QUIC connection 5 s after the node stopped"
