@@ -28,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
@@ -127,7 +128,8 @@ func main() {
 	}
 	switch mode {
 	case "relay":
-		opts = append(opts, libp2p.EnableRelayService(), libp2p.ForceReachabilityPublic())
+		opts = append(opts, libp2p.EnableRelayService(), libp2p.ForceReachabilityPublic(),
+			libp2p.ResourceManager(labResourceManager()))
 	case "listener", "dialer":
 		opts = append(opts, libp2p.EnableRelay(), libp2p.EnableHolePunching(), libp2p.ForceReachabilityPrivate())
 	default:
@@ -154,8 +156,26 @@ func main() {
 	case "listener":
 		listen(ctx, h, stop)
 	case "dialer":
-		os.Exit(dial(ctx, h))
+		code := dial(ctx, h)
+		h.Close() // close the connections (a QUIC one would linger at the relay until its idle timeout)
+		os.Exit(code)
 	}
+}
+
+// labResourceManager is go-libp2p's default resource manager but for its limit of 8 connections per IPv4
+// address: in the NAT lab every listener shares router A's address and every dialer router B's, and a
+// dialer that exits without closing leaves its QUIC connection open at the relay until the idle timeout,
+// so after a few cells the relay refused new peers (quic-go's CONNECTION_REFUSED, seen in
+// rust->rust/quic/go-relay). The relay's own limits (reservations, circuit duration and bytes) stay default.
+func labResourceManager() network.ResourceManager {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	perAddress := []rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: 1024}}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithLimitPerSubnet(perAddress, nil))
+	if err != nil {
+		fail("resource manager: %v", err)
+	}
+	return rm
 }
 
 func relayInfo() *peer.AddrInfo {

@@ -135,7 +135,14 @@ async def run(config: Config) -> int:
             if not reserved:
                 raise SystemExit("the relay refused the reservation")
             emit(event="reserved")
-            await trio.sleep_forever()  # until SIGTERM; the puncher answers (and drives) DCUtR meanwhile
+            # until SIGTERM (the puncher answers, and drives, DCUtR meanwhile); then leave through the async
+            # withs, which close every connection: a QUIC peer that just vanishes holds its reservation at
+            # our relay until py-libp2p's 600 s idle timeout, and 8 such filled router A's per-IP quota
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+            return 0
         code = await dial(host, relay_transport, puncher, watch, config)
         nursery.cancel_scope.cancel()
     return code
@@ -182,7 +189,6 @@ def main() -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     install_library_patches()
     config = Config(dict(os.environ))
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # the listener's normal end; nothing to flush
     try:
         code = trio.run(run, config)
     except trio.TooSlowError:
