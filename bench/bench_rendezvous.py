@@ -10,6 +10,13 @@ core 0, driven by 8 concurrent py-libp2p RendezvousClients on core 1 (bench/pyli
 compared with our service under 8 wrk connections. Each row also gives the server's CPU time per request
 (read from /proc across the measured window) and how busy its core was: a server whose core was not
 saturated was limited by its clients, and its CPU time per request is then the fairer comparison.
+
+1 process against 2 (PROCESSES), in the same run: wrk and Redis stay pinned to core 1 throughout. The 1-process
+server and a 2-process server both pinned to core 0 get the same one core, so the server CPU time per request
+(summed over the supervisor and its workers) shows what running as 2 processes costs with the load generator
+kept off the server's core; a 2-process server on both cores shares core 1 with wrk and Redis, so its req/s
+is a lower bound of what 2 free cores give, not a scaling figure. The three take turns, 3 rounds (1 with
+--quick), and each of their figures is the median.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,9 +75,27 @@ def wait_http(port: int, path: str = "/peers", seconds: float = 20) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; fields 14 and 15 are in clock ticks)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its descendants still running, such as the workers of
+    a PROCESSES > 1 service (Linux /proc; fields 14 and 15 of stat are in clock ticks)."""
+    total, tree = 0.0, [pid]
+    while tree:
+        process = tree.pop()
+        fields = pathlib.Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in pathlib.Path(f"/proc/{process}/task").iterdir():
+            tree += [int(child) for child in (task / "children").read_text().split()]
+    return total
+
+
+def wait_listeners(port: int, count: int, seconds: float = 60) -> None:
+    """Until `count` sockets listen on `port` (the workers of a PROCESSES > 1 service, SO_REUSEPORT)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rows = [line.split() for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        if sum(row[1].endswith(f":{port:04X}") and row[3] == "0A" for row in rows) >= count:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"fewer than {count} sockets listening on port {port}")
 
 
 def children_cpu_seconds() -> float:
@@ -203,7 +229,7 @@ def main() -> None:
                "COOKIE_HMAC_KEY": COOKIE_KEY, "RATE_LIMIT_IP_PER_MINUTE": "100000000",
                "RATE_LIMIT_PEER_PER_MINUTE": "100000000", "MAX_PEERS_PER_NAMESPACE": "10000000",
                "MAX_REGISTRATIONS_PER_SOURCE": "100000000",
-               "LOG_LEVEL": "WARNING"}
+               "LOG_LEVEL": "WARNING", "PROCESSES": "1"}
         service = subprocess.Popen(pinned(0, [sys.executable, "-m", "rendezvous.cli"]), env=env,
                                    stdout=subprocess.DEVNULL)
         procs.append(service)
@@ -244,6 +270,10 @@ def main() -> None:
         theirs = pylibp2p(n, duration, "bench-1k", 1_000)
         side[f"py-libp2p: discover 100 of 1,000, {n} clients"] = theirs["discover"]
         side[f"py-libp2p: register, {n} clients"] = theirs["register"]
+
+        load_before = os.getloadavg()
+        processes = compare_processes(env, service, service_port, duration, bodies, 1 if args.quick else 3)
+        load = (load_before, os.getloadavg())
     finally:
         for proc in procs:
             proc.terminate()
@@ -251,6 +281,75 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     report(results, side, bytes_per_registration, big, duration, args.clients)
+    report_processes(processes, duration, load)
+
+
+SAME_CORE, BOTH_CORES = "2 processes, both on core 0", "2 processes, cores 0 and 1"
+
+
+def compare_processes(env: dict, one: subprocess.Popen, one_port: int, duration: int, bodies: pathlib.Path,
+                      rounds: int) -> dict[str, dict]:
+    """Discovery and signed registrations at 50 connections on the 1-process service (core 0), on a
+    2-process one pinned to core 0, and on a 2-process one free to use both cores; wrk and Redis on core 1.
+    The three take turns for `rounds` rounds and each figure is the median: the load that other work puts
+    on the machine drifts within a run, and turns spread it over all three."""
+    servers, started, runs = {"1 process, core 0": (one, one_port)}, [], {}
+    try:
+        for name, pin in ((SAME_CORE, True), (BOTH_CORES, False)):
+            port, command = free_port(), [sys.executable, "-m", "rendezvous.cli"]
+            started.append(subprocess.Popen(pinned(0, command) if pin else command, stdout=subprocess.DEVNULL,
+                                            env={**env, "PORT": str(port), "PROCESSES": "2"}))
+            servers[name] = (started[-1], port)
+            wait_listeners(port, 2)
+        discover = "/peers?namespace=bench-1k&limit=100"
+        for name, (server, port) in servers.items():
+            wrk(port, discover, 1, server=server.pid)  # warm-up: every worker's first requests
+        for _ in range(rounds):
+            for name, (server, port) in servers.items():
+                runs.setdefault(f"{name}: discover 100 of 1,000", []).append(
+                    wrk(port, discover, duration, server=server.pid))
+                sign_bodies(max(20_000, duration * 8_000), bodies)  # 2 cores may take twice the bodies
+                runs.setdefault(f"{name}: register (signed)", []).append(
+                    wrk(port, "/peers", duration, [str(HERE / "post_bodies.lua"), str(bodies)], server=server.pid))
+    finally:
+        for server in started:
+            server.terminate()
+            server.wait(15)
+    return {key: {**{field: statistics.median(run[field] for run in measured) for field in measured[0]},
+                  "errors": sum(run["errors"] for run in measured)} for key, measured in runs.items()}
+
+
+def report_processes(rows: dict, duration: int, load: tuple) -> None:
+    print(f"\n1 process against 2 (PROCESSES), wrk -t1 -c50 -d{duration}s; wrk and Redis on core 1 in every row; "
+          f"medians of the rounds; the machine's load average (1, 5, 15 min) was "
+          f"{'/'.join(f'{x:.1f}' for x in load[0])} before and {'/'.join(f'{x:.1f}' for x in load[1])} after\n")
+    print("| server | load | req/s | server CPU us/req (all its processes) | server CPU, cores | wrk core busy "
+          "| errors |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        server, load = name.split(": ")
+        print(f"| {server} | {load} | {r['rps']:,.0f} | {r['cpu_us']:,.0f} | {r['busy']:.2f} "
+              f"| {100 * r['client_busy']:.0f}% | {r['errors']} |")
+    print("\nHow the load generator was kept from skewing this on a 2-core machine: wrk (-t1) and Redis are pinned "
+          "to core 1 in every row. The 1-process server and the first 2-process server are pinned to core 0, "
+          "so both get the same single core with no load generator on it, and their server CPU time per request "
+          "(user + system, summed over the supervisor and its workers, read from /proc) compares the cost of "
+          f"one request at 1 and 2 processes. '{BOTH_CORES}' shares core 1 with wrk and Redis: its req/s is a "
+          "lower bound of what 2 free cores give.\n")
+    for load in ("discover 100 of 1,000", "register (signed)"):
+        one = rows[f"1 process, core 0: {load}"]
+        for name in (SAME_CORE, BOTH_CORES):
+            two = rows[f"{name}: {load}"]
+            ratio = two["cpu_us"] / one["cpu_us"]
+            print(f"{'PASS' if ratio <= 1.1 else 'MISS'}  server CPU per request at 2 processes ({name}) within "
+                  f"1.1x of 1 process, {load}: {ratio:.2f}x ({two['cpu_us']:,.0f} vs {one['cpu_us']:,.0f} us); "
+                  f"req/s {two['rps'] / one['rps']:.2f}x")
+    if any(r["errors"] for r in rows.values()):
+        print("WARNING: some requests failed (non-2xx); the figures above are not valid")
+    latest = HERE / "results" / "latest.json"
+    figures = json.loads(latest.read_text())
+    figures["processes"] = rows
+    latest.write_text(json.dumps(figures, indent=2))
 
 
 def report(results: dict, side: dict, bytes_per_registration: float, big: int, duration: int, clients: int) -> None:
