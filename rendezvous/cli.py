@@ -119,7 +119,8 @@ def supervise(settings: Settings) -> int:
         log.critical("the rendezvous cannot start: %s:%s: %s", settings.host, settings.port, exc)
         return 1
     settings = dataclasses.replace(settings, port=reservation.getsockname()[1])
-    # spawned, not forked: the parent has started tracing's threads, and a fork would copy their locks
+    # spawned, not forked: each worker is a fresh interpreter, sharing no thread, lock or event loop with this
+    # process (whose tracing may have started exporter threads)
     context = multiprocessing.get_context("spawn")
     woken, wake = socket.socketpair()
     woken.setblocking(False)
