@@ -23,6 +23,8 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pathlib
+import shutil
 import signal
 import socket
 import sys
@@ -48,6 +50,7 @@ ARRIVAL_SECONDS = 0.25
 # before it kills what is left
 WORKERS_STOP_SECONDS = DRAIN_SECONDS + 4.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+METRICS_DIR_PREFIX = "rendezvous-metrics-"  # then the supervisor's PID (see _metrics_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,7 +133,7 @@ def supervise(settings: Settings) -> int:
     workers: list[multiprocessing.process.BaseProcess] = []
     ends: list[multiprocessing.connection.Connection] = []  # our ends of the pipes: closed when we die
     try:
-        with tempfile.TemporaryDirectory(prefix="rendezvous-metrics-") as metrics_dir:
+        with _metrics_dir() as metrics_dir:
             # read by prometheus_client in each worker when it loads, before any metric exists
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             for index in range(settings.processes):
@@ -202,6 +205,26 @@ def _watch(workers: list[multiprocessing.process.BaseProcess], woken: socket.soc
             running.clear()
             failed = True
     return 1 if failed else 0
+
+
+def _metrics_dir() -> tempfile.TemporaryDirectory:
+    """The workers' metrics directory, named after this supervisor. A supervisor killed by SIGKILL could not
+    remove its own: the directories of supervisors no longer running are removed here first."""
+    for stale in pathlib.Path(tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = stale.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _reserve_port(settings: Settings) -> socket.socket:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -143,6 +144,10 @@ def _slow_post(port: int, body: bytes) -> socket.socket:
 
 def test_sigterm_drains_every_worker_and_finishes_the_requests_in_flight(redis_server, key_prefix, tmp_path):
     log = tmp_path / "rendezvous.log"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = pathlib.Path(tempfile.gettempdir()) / f"rendezvous-metrics-{gone.pid}-left-by-a-sigkill"
+    stale.mkdir()  # a supervisor's metrics directory, that supervisor killed (no longer running)
     with replica(redis_server.url, key_prefix, log, LOG_LEVEL="INFO") as (port, proc):
         workers = listening_workers(log)
         bodies, in_flight = {}, {}
@@ -171,6 +176,9 @@ def test_sigterm_drains_every_worker_and_finishes_the_requests_in_flight(redis_s
         assert proc.wait(15) == 0
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                        for pid in workers)
+    # the supervisor removed its metrics directory, and the stale one at its start
+    assert not list(pathlib.Path(tempfile.gettempdir()).glob(f"rendezvous-metrics-{proc.pid}-*"))
+    assert not stale.exists()
 
 
 def test_a_sigterm_while_the_workers_start_stops_them_cleanly(redis_server, key_prefix, tmp_path):
