@@ -60,19 +60,31 @@ class Config:
         self.timeout = float(environ.get("TIMEOUT_S", "30"))
 
 
-class DirectWatch(ConnectionWatch):
-    """Also prints every direct connection a peer other than the relay opens (the listener's events)."""
+class ListenerWatch(ConnectionWatch):
+    """The listener's side of DCUtR: prints every direct connection a peer other than the relay opens, and
+    starts the hole punch the moment a relayed connection comes in. The DCUtR spec has the peer that
+    accepted the relayed connection initiate, and go's and rust's dialers wait for it to; the puncher's own
+    loop would only notice the connection at its next 2 s tick."""
 
-    def __init__(self, host, relay_id: ID, announce: bool):
+    def __init__(self, host, relay_id: ID, puncher: HolePuncher | None = None):
         super().__init__(host)
-        self.relay_id, self.announce = relay_id, announce
+        self.relay_id, self.puncher = relay_id, puncher
+        self.nursery: trio.Nursery | None = None
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         await super().connected(network, conn)
         peer = conn.muxed_conn.peer_id
         addrs = conn.get_transport_addresses()
-        if self.announce and peer != self.relay_id and addrs and not any(is_relayed(a) for a in addrs):
+        if peer == self.relay_id or not addrs or self.puncher is None:
+            return
+        if not any(is_relayed(a) for a in addrs):
             emit(event="direct", peer=str(peer), remote_addr=str(addrs[0]))
+        elif self.nursery is not None:
+            self.nursery.start_soon(self._punch, peer)
+
+    async def _punch(self, peer: ID) -> None:
+        with trio.move_on_after(HOLEPUNCH_DIAL_TIMEOUT + 2):
+            await self.puncher.initiate_hole_punch(peer)
 
 
 def direct_conn(host, peer: ID):
@@ -121,12 +133,13 @@ async def run(config: Config) -> int:
     circuit = CircuitV2Protocol(host, allow_hop=False)
     relay_transport = CircuitV2Transport(host, circuit, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
     puncher = HolePuncher(host, dial_timeout=HOLEPUNCH_DIAL_TIMEOUT)
-    watch = DirectWatch(host, config.relay_id, announce=config.mode == "listener")
+    watch = ListenerWatch(host, config.relay_id, puncher if config.mode == "listener" else None)
     async with (running(host, config.plan), background_trio_service(circuit), background_trio_service(puncher),
                 trio.open_nursery() as nursery):
         emit(event="listening", peer_id=str(config.identity.peer_id),
              addrs=[str(a) for a in host.get_addrs() if not is_relayed(a)])
         if config.mode == "listener":
+            watch.nursery = nursery
             with trio.fail_after(config.timeout):
                 await reach_relay(host, config)
                 stream = await host.new_stream(config.relay_id, [HOP_PROTOCOL])
