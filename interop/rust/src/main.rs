@@ -22,6 +22,9 @@ use holepunch_interop::{emit, init_logs, keypair_from_env, var};
 /// How long NewListenAddr events are gathered before "listening" is printed: a 0.0.0.0 listener reports one
 /// address per interface, in a burst.
 const LISTEN_GATHER: Duration = Duration::from_millis(100);
+/// At exit: how long connections get to close, and how long the closing frames get to leave.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+const CLOSE_FLUSH: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
@@ -375,7 +378,35 @@ impl Peer {
         ExitCode::from(1)
     }
 
+    /// Closes every connection before the process ends. A QUIC connection dropped with the process sends no
+    /// CONNECTION_CLOSE (quinn's endpoint task dies with the runtime), so a relay would hold our reservation
+    /// until its idle timeout: the NAT lab's peers share one router address, and our relay allows 8
+    /// reservations per address. TCP needs none of this (the kernel sends the FIN), but it costs nothing.
+    async fn close_all(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().cloned().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let closing = async {
+            while self.swarm.connected_peers().next().is_some() {
+                let event = self.swarm.select_next_some().await;
+                tracing::debug!(?event, "closing");
+            }
+            // let the QUIC endpoint task put the CONNECTION_CLOSE frames on the wire
+            tokio::time::sleep(CLOSE_FLUSH).await;
+        };
+        if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+            tracing::warn!("connections still open after {CLOSE_WAIT:?}; exiting anyway");
+        }
+    }
+
     async fn run(mut self) -> Result<ExitCode, Box<dyn std::error::Error>> {
+        let code = self.serve().await?;
+        self.close_all().await;
+        Ok(code)
+    }
+
+    async fn serve(&mut self) -> Result<ExitCode, Box<dyn std::error::Error>> {
         self.swarm.listen_on(self.config.listen_addr())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
