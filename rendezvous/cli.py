@@ -59,12 +59,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(settings: Settings, *, reuse_port: bool = False,
-        supervisor: multiprocessing.connection.Connection | None = None) -> int:
+        supervisor: multiprocessing.connection.Connection | None = None, listening=None) -> int:
     """Serve in this process until a signal (or the supervisor's end); returns the exit status."""
     app = create_app(settings)
     loop = _event_loop()
     try:
-        loop.run_until_complete(serve(app, settings, reuse_port=reuse_port, supervisor=supervisor))
+        loop.run_until_complete(serve(app, settings, reuse_port=reuse_port, supervisor=supervisor,
+                                      listening=listening))
     except Exception as exc:  # a part that cannot start (the libp2p door, say) stops the process loudly
         log.critical("the rendezvous cannot start: %s", exc)
         return 1
@@ -74,7 +75,8 @@ def run(settings: Settings, *, reuse_port: bool = False,
 
 
 async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = False,
-                supervisor: multiprocessing.connection.Connection | None = None) -> None:
+                supervisor: multiprocessing.connection.Connection | None = None, listening=None) -> None:
+    """`listening` (a multiprocessing Event) is set once the HTTP site listens, the libp2p door too."""
     in_flight, loop = app[IN_FLIGHT], asyncio.get_running_loop()
     # before the start: a signal that comes while the store or the door start stops the replica as soon as
     # it listens, cleanly, instead of killing it by the signal's default action
@@ -92,6 +94,8 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
         await site.start()
         log.info("rendezvous listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
+        if listening is not None:
+            listening.set()
         await in_flight.stopping.wait()
         await site.stop()  # no new connections; the balancer sends them to another replica
         await app[REGISTRY].watches.close()  # watch streams end now, cleanly: their clients resume elsewhere
@@ -132,17 +136,26 @@ def supervise(settings: Settings) -> int:
     signal.set_wakeup_fd(wake.fileno())  # a signal wakes the wait below
     workers: list[multiprocessing.process.BaseProcess] = []
     ends: list[multiprocessing.connection.Connection] = []  # our ends of the pipes: closed when we die
+    events: list = []  # each worker's `listening`
     try:
         with _metrics_dir() as metrics_dir:
             # read by prometheus_client in each worker when it loads, before any metric exists
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             for index in range(settings.processes):
                 theirs, ours = context.Pipe(duplex=False)
-                worker = context.Process(target=_worker, args=(settings, index, theirs), name=f"rendezvous-{index}")
+                listening = context.Event()
+                events.append(listening)  # held until the end: a child unpickles it after start() returns
+                worker = context.Process(target=_worker, args=(settings, index, theirs, listening),
+                                         name=f"rendezvous-{index}")
                 worker.start()
                 theirs.close()
                 ends.append(ours)
                 workers.append(worker)
+                if index == 0 and settings.libp2p_tcp_port is not None:
+                    # The door runs in worker 0 alone. Until it listens no other worker may answer (a /healthz
+                    # from one would say the replica is up while its door is not): the others start after.
+                    while not listening.wait(0.1) and worker.is_alive():
+                        pass
             log.info("rendezvous workers started", extra={"processes": settings.processes, "port": settings.port,
                                                           "pids": [w.pid for w in workers]})
             return _watch(workers, woken)
@@ -243,14 +256,14 @@ def _reserve_port(settings: Settings) -> socket.socket:
     return sock
 
 
-def _worker(settings: Settings, index: int, supervisor: multiprocessing.connection.Connection) -> None:
+def _worker(settings: Settings, index: int, supervisor: multiprocessing.connection.Connection, listening) -> None:
     """One worker process (spawned: it starts from a fresh interpreter, with the supervisor's settings)."""
     logs.configure("rendezvous", settings.observability)
     tracing.configure("rendezvous", settings.observability)
     metrics.count_across_processes()
     if index > 0:
         settings = dataclasses.replace(settings, libp2p_tcp_port=None)  # the libp2p door: worker 0's alone
-    sys.exit(run(settings, reuse_port=True, supervisor=supervisor))
+    sys.exit(run(settings, reuse_port=True, supervisor=supervisor, listening=listening))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ STORE_ERRORS = Counter("rendezvous_store_errors_total", "Requests refused becaus
 REDIS_LATENCY = Histogram("rendezvous_redis_round_trip_seconds", "One pipelined round trip to Redis, by operation",
                           ["operation"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1))
 # named <thing>_<unit> as every gauge here (tests/test_observability.py): a watcher is a peer (a worker, a page)
-WATCHERS = Gauge("rendezvous_watchers", "Watch streams (GET /peers/watch) open on this replica")
+WATCHERS = Gauge("rendezvous_watchers", "Watch streams (GET /peers/watch) open on this replica",
+                 multiprocess_mode="livesum")  # the sum over the replica's live processes
 WATCH_EVENTS = Counter("rendezvous_watch_events_total",
                        "Events sent to watchers by kind (join, renew, leave, expire, snapshot, resync)", ["kind"])
 WATCH_LAG = Histogram("rendezvous_watch_event_lag_seconds",

@@ -126,12 +126,45 @@ def test_two_workers_each_answer_and_metrics_on_either_add_up_both(redis_server,
             # a fact about Redis, read by the scraped worker: once, with no per-process label
             assert samples(text, "rendezvous_live_peers") == [({"namespace": namespace}, 1.0)]
 
+        # watch streams held by both workers: the gauge shows their sum, once, with no per-process label
+        watches, holders = [], set()
+        while len(holders) < 2 and len(watches) < 20:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(f"GET /peers/watch?namespace={namespace} HTTP/1.1\r\nHost: r\r\n\r\n".encode())
+            assert b" 200 " in sock.recv(4096).split(b"\r\n", 1)[0]
+            watches.append(sock)
+            holders.add(holder(sock, workers))
+        assert len(holders) == 2
+        assert samples(get(connections[0], "/metrics")[1], "rendezvous_watchers") == [({}, float(len(watches)))]
+        for sock in watches:
+            sock.close()
+
         # the libp2p door listens in one worker only (each would otherwise try to bind its port)
         door = [pid for pid in workers if any(c.status == psutil.CONN_LISTEN and c.laddr.port == door_port
                                               for c in psutil.Process(pid).net_connections("tcp"))]
         assert len(door) == 1
         for connection in connections:
             connection.close()
+        assert proc.poll() is None
+
+
+def test_no_worker_answers_before_the_door_listens(redis_server, key_prefix, tmp_path):
+    """The door lives in worker 0 and starts slower than plain HTTP (py-libp2p loads for a second): a
+    /healthz from another worker must not say the replica is up while its door is not."""
+    door_port = free_port()
+    with replica(redis_server.url, key_prefix, tmp_path / "rendezvous.log", LIBP2P_TCP_PORT=str(door_port),
+                 LIBP2P_HOST="127.0.0.1") as (port, proc):
+        def healthy() -> bool:
+            with contextlib.suppress(OSError):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                try:
+                    return get(connection, "/healthz")[0] == 200
+                finally:
+                    connection.close()
+            return False
+        until(healthy, 30, "the replica to answer")
+        with socket.create_connection(("127.0.0.1", door_port), timeout=2):
+            pass  # the door was listening by then
         assert proc.poll() is None
 
 
