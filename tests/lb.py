@@ -39,7 +39,8 @@ class Replica:
 
     def __init__(self, env: dict[str, str], log_dir: str):
         self.port = free_port()
-        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **env}
+        # one process (no PROCESSES supervisor): a drill's SIGKILL must kill the server itself
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "PROCESSES": "1", **env}
         self.log_path = pathlib.Path(log_dir) / f"rendezvous-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 

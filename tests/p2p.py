@@ -28,7 +28,8 @@ install_library_patches()  # as the runner does at start, for the nodes these te
 def rendezvous_process(extra_env: dict[str, str] | None = None, port: int | None = None):
     """A real rendezvous service (embedded store unless REDIS_URL is given) on a loopback port."""
     port = port or free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **(extra_env or {})}
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PROCESSES": "1",  # tests/test_processes.py has more
+           **(extra_env or {})}
     proc = subprocess.Popen([str(BIN / "rendezvous")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
