@@ -158,16 +158,13 @@ class InteropLab:
         relay_addr = self.relay(cell.relay, cell.transport)
         relay_name = self.relay_names[(cell.relay, cell.transport)]
         listener_id, dialer_id = identity(f"{run}-listener"), identity(f"{run}-dialer")
-        port, self._next_port = self._next_port, self._next_port + 1
+        port = self.new_port()
         common = {"TRANSPORT": cell.transport, "RELAY_ADDR": relay_addr, "TIMEOUT_S": str(timeout),
                   "LISTEN_PORT": str(port), **(extra_env or {})}
         lname, dname = f"{run}-{cell.listener}-listener", f"{run}-{cell.dialer}-dialer"
         names = [lname]
         try:
-            self.lab.start(lname, "ha", list(self._command(cell.listener)), {
-                **common, "MODE": "listener", "SEED": listener_id.seed.hex(), "LISTEN_IP": HOSTS["a"][1]})
-            reserved = self._wait(lname, "reserved", timeout)
-            if reserved is None:
+            if not self.start_listener(lname, cell.listener, listener_id, common, timeout):
                 return Result(cell, "none", error="the listener made no reservation at the relay",
                               logs=self.logs([lname, relay_name]))
             names.append(dname)
@@ -190,6 +187,16 @@ class InteropLab:
         finally:
             for name in names:
                 self.lab.stop(name)
+
+    def start_listener(self, name: str, impl: str, who: Identity, env: dict[str, str], timeout: float) -> bool:
+        """Start a listener on host a; -> whether it reported its reservation at the relay within `timeout`."""
+        self.lab.start(name, "ha", list(self._command(impl)), {
+            **env, "MODE": "listener", "SEED": who.seed.hex(), "LISTEN_IP": HOSTS["a"][1]})
+        return self._wait(name, "reserved", timeout) is not None
+
+    def new_port(self) -> int:
+        port, self._next_port = self._next_port, self._next_port + 1
+        return port
 
     def _wait(self, name: str, event: str, timeout: float) -> dict | None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop import Cell, InteropLab, build, cells
+from tests.interop import Cell, InteropLab, build, cells, identity
 from tests.natlab import missing_prerequisite
 
 pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
@@ -36,3 +36,22 @@ def test_cell_relays_then_hole_punches(lab, cell):
     assert result.passed, f"{cell.name}: {result.path}: {result.error}\n{result.logs}"
     assert result.relayed_ms is not None, "the dialer reported no relayed connection before the direct one"
     assert "/p2p-circuit" not in result.remote_addr and result.rtt_ms > 0
+
+
+def test_listeners_that_stop_leave_their_reservation_slot_at_our_relay():
+    """Ten py listeners over QUIC from one address, one after another, each stopped once reserved: every one
+    gets its reservation. Our relay holds 8 per IP address and frees a slot when the peer's connection
+    closes; a listener that exited without closing its QUIC connection held its slot for py-libp2p's
+    600 s idle timeout, so the ninth was refused (max_reservations_per_ip). A lab of its own: other
+    implementations' listeners in the shared one may not close theirs."""
+    if build("py").command is None:
+        pytest.skip(build("py").skip)
+    with InteropLab() as fresh:
+        relay_addr = fresh.relay("ours", "quic")
+        for n in range(10):
+            env = {"TRANSPORT": "quic", "RELAY_ADDR": relay_addr, "LISTEN_PORT": str(fresh.new_port())}
+            name = f"leaver{n}"
+            reserved = fresh.start_listener(name, "py", identity(name), env, 20.0)
+            log = fresh.logs([name, "relay-ours"])
+            fresh.lab.stop(name)
+            assert reserved, f"listener {n + 1} of 10 got no reservation:\n{log}"
