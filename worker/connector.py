@@ -20,7 +20,7 @@ from libp2p.relay.circuit_v2 import CircuitV2Transport
 from opentelemetry.trace import StatusCode
 
 from shared import tracing
-from shared.host import ConnectionWatch, is_relayed
+from shared.host import ConnectionWatch, connections_to, is_relayed
 from shared.rendezvous_client import PeerEntry
 from worker import echo, events
 from worker.holepunch import HolePuncher, connection_kinds, listens_on_quic, stream_kind
@@ -30,6 +30,7 @@ log = logging.getLogger("worker.connect")
 ECHO_TIMEOUT = 5.0
 PEER_DIAL_GRACE = 1.0
 DIAL_HEAD_START = 0.25  # before the next address is tried, as go-libp2p does
+RELAY_HEAD_START = 0.5  # the direct dials' lead over the relay dial (go-libp2p's dial ranker gives 500 ms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +90,66 @@ class Connector:
         quic_first = listens_on_quic(self.host)
         direct = sorted((a for a in entry.addrs if not is_relayed(a)), key=lambda a: not (quic_first and "/quic" in a))
         circuits = [a for a in entry.addrs if is_relayed(a)]
-        if direct and await self._dial_direct(peer_id, direct):
+        relay_addr = await self._direct_or_relayed(peer_id, direct, circuits, started)
+        if relay_addr is None:
             outcome.path = "direct"
             return
-        self.tracer.emit(events.DirectDialFailed(entry.peer_id, tuple(direct), round(time.monotonic() - started, 4)))
-        if not circuits:
-            raise ConnectionError("no direct address answered and the peer registered no relay address")
-        relay_addr = await self._dial_relayed(peer_id, circuits)
         relayed_at = time.monotonic()
         self.tracer.emit(events.Relayed(entry.peer_id, relay_addr, round(relayed_at - started, 4)))
         outcome.path = await self._upgrade(peer_id, relayed_at)
+
+    async def _direct_or_relayed(self, peer_id: ID, direct: list[str], circuits: list[str],
+                                 started: float) -> str | None:
+        """None once a direct dial wins; else the relay address of a relayed connection (raises when
+        neither path exists). Behind most NATs the direct dials only time out (the SYNs are dropped), so
+        the relay dial does not wait for that: it starts RELAY_HEAD_START after them, as go-libp2p ranks
+        relay addresses. A relay dial that wins stops the direct dials still waiting; one that loses to a
+        direct dial is allowed to finish, and its connection closed."""
+        won_direct, direct_over = trio.Event(), trio.Event()
+        relayed: list[str] = []
+        errors: list[Exception] = []
+
+        async def dial_direct() -> None:
+            try:
+                if direct and await self._dial_direct(peer_id, direct):
+                    won_direct.set()
+                    return
+                self.tracer.emit(events.DirectDialFailed(str(peer_id), tuple(direct),
+                                                         round(time.monotonic() - started, 4)))
+            finally:
+                direct_over.set()
+
+        async def dial_relayed(cancel_direct: trio.CancelScope) -> None:
+            with trio.move_on_after(RELAY_HEAD_START):
+                await direct_over.wait()
+            if won_direct.is_set():
+                return
+            try:
+                relayed.append(await self._dial_relayed(peer_id, circuits))
+            except ConnectionError as exc:
+                errors.append(exc)
+                return
+            if won_direct.is_set():  # the direct dial won meanwhile: this connection is surplus
+                await close_relayed(self.host, peer_id)
+            else:
+                cancel_direct.cancel()
+
+        async with trio.open_nursery() as nursery:
+            direct_scope = trio.CancelScope()
+
+            async def direct_task() -> None:
+                with direct_scope:
+                    await dial_direct()
+            nursery.start_soon(direct_task)
+            if circuits:
+                nursery.start_soon(dial_relayed, direct_scope)
+        if won_direct.is_set():
+            return None
+        if relayed:
+            return relayed[0]
+        if errors:
+            raise errors[0]
+        raise ConnectionError("no direct address answered and the peer registered no relay address")
 
     async def _dial_direct(self, peer_id: ID, addrs: list[str]) -> bool:
         """Dial the direct addresses one after another, each given a head start (happy eyeballs).
@@ -183,6 +234,15 @@ class Connector:
             finally:
                 await client.close()
         return round(rtt * 1000, 3), over
+
+
+async def close_relayed(host: IHost, peer_id: ID) -> None:
+    for conn in connections_to(host, peer_id):
+        try:
+            if all(is_relayed(a) for a in conn.get_transport_addresses()):
+                await conn.close()
+        except Exception as exc:  # closing is best effort: the connection may be gone already
+            log.debug("closing a surplus relayed connection failed", extra={"peer": str(peer_id), "error": repr(exc)})
 
 
 async def _first_of(*conditions: trio.Event) -> None:

@@ -41,6 +41,7 @@ MAX_RELAYS = 2
 MAX_CONCURRENT_CONNECTS = 16
 PAGES_PER_ROUND = 10  # of 100 peers: a round reads at most 1,000 registrations
 NEW_PEERS_PER_ROUND = 64
+FIRST_REGISTRATION_WAIT_S = 2.0
 WATCH_GRACE_S = 2.0  # the watch stream's snapshot usually arrives within milliseconds
 
 
@@ -69,6 +70,7 @@ class Worker:
         self._busy: set[str] = set()
         self._known: dict[str, PeerEntry] = {}  # the namespace as the watch stream or the last poll showed it
         self._watching = trio.Event()  # set while the watch stream is live: no polling then
+        self._relays_tried = trio.Event()  # the first round of reservations is over
         self._chatting: set[str] = set()
         self._connect_slots = trio.Semaphore(MAX_CONCURRENT_CONNECTS)
         self._relay_backoff: dict[str, tuple[Backoff, float]] = {}
@@ -96,7 +98,7 @@ class Worker:
                                               "rendezvous": self.settings.rendezvous_url})
             nursery.start_soon(self.port_mapper.run, listen_ports([str(a) for a in self.host.get_transport_addrs()]))
             nursery.start_soon(self._keep_relays, nursery)
-            nursery.start_soon(self.registrar.keep_registered)
+            nursery.start_soon(self._register)
             nursery.start_soon(self._keep_connected)
             task_status.started(self)
         with trio.CancelScope(shield=True):
@@ -115,6 +117,14 @@ class Worker:
             await trio.sleep_forever()
 
     # --- registration -------------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        # Registered before its relay slots exist, a peer behind a NAT lists no address its peers can use:
+        # the join they see fails and backs off. So the first registration waits for the first round of
+        # reservations (they take a few round trips), but never long: a peer with no relay registers anyway.
+        with trio.move_on_after(FIRST_REGISTRATION_WAIT_S):
+            await self._relays_tried.wait()
+        await self.registrar.keep_registered()
 
     def current_addrs(self) -> list[str]:
         announced = self.settings.announce + tuple(self.port_mapper.addrs())  # the gateway's mapped ports too
@@ -135,6 +145,7 @@ class Worker:
                         break
                     await self._try_reserve(addr, nursery)
             metrics.RELAY_RESERVATIONS.set(len(self.relays))
+            self._relays_tried.set()
             await trio.sleep(self.settings.discover_interval)
 
     async def _relay_candidates(self) -> list[str]:
