@@ -74,6 +74,10 @@ def main() -> None:
         shown = [i for i in available if transport in SUPPORTS[i]]
         if shown:
             print(table(transport, shown, relays, results) + "\n")
+    rtts = sorted(r.rtt_ms for rs in results.values() for r in rs if r.passed and r.rtt_ms is not None)
+    if rtts:
+        print(f"ping RTT over the direct connections: min {rtts[0]:.1f} ms, median {statistics.median(rtts):.1f} ms, "
+              f"max {rtts[-1]:.1f} ms ({len(rtts)} runs)\n")
     failures = {c: [r.error for r in rs if not r.passed] for c, rs in results.items()}
     for cell, errors in failures.items():
         if errors:
