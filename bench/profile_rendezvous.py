@@ -1,6 +1,10 @@
 """Where a registration's and a discovery's server CPU goes, by stage (issue 18, item 2). Not a test.
 
-    python bench/profile_rendezvous.py [--duration 10] [--py-spy PATH]
+    python bench/profile_rendezvous.py [--duration 10] [--py-spy PATH] [--before COMMIT]
+
+With --before, the service at COMMIT (its files taken with `git archive`, into a temporary directory) is
+profiled in the same run, each on a Redis of its own filled by its own store code, and the table gives
+both side by side: before and after a change, measured on the same machine minutes apart.
 
 Runs the service as bench_rendezvous.py does (core 0; wrk -c50 and Redis on core 1), samples it with py-spy
 (a sampling profiler: it does not slow the Python code the way cProfile does, whose per-call overhead
@@ -18,7 +22,6 @@ py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy` and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import os
 import pathlib
@@ -32,7 +35,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_rendezvous import (COOKIE_KEY, cpu_seconds, fill, free_port, pinned, sign_bodies,  # noqa: E402
+from bench_rendezvous import (COOKIE_KEY, cpu_seconds, free_port, pinned, sign_bodies,  # noqa: E402
                               wait_http)
 
 # (stage, path prefixes): a sample goes to the stage of its innermost frame whose file matches (py-spy names
@@ -69,8 +72,11 @@ def stage_of(stack: list[str]) -> str:
     return "other"
 
 
-# Store.register's lines that await a round trip (matched on the source text, so line numbers may move).
-REGISTER_ROUND_TRIPS = {"_pipeline(admit)": "admit (hold + admit scripts)",
+# Store.register's lines that await a round trip (matched on the source text, so line numbers may move), in
+# the store of either tree profiled.
+REGISTER_ROUND_TRIPS = {"_register_at_once(": "one script (count + admit + quota + write)",
+                        "_register_by_slots(": "Cluster steps", "count_request(": "rate count",
+                        "_pipeline(admit)": "admit (hold + admit scripts)",
                         "_pipeline(write)": "write (register script + 3 calls)",
                         "_release_held(": "release held", "_memory_level(": "memory level"}
 
@@ -88,13 +94,13 @@ def round_trip(stack: list[str]) -> str:
             if name.startswith("Store.register"):
                 name = "Store.register"
                 line = int(frame[frame.rfind(":") + 1:-1])
-                text = STORE_SOURCE[line - 1]
+                text = STORE_SOURCE[0][line - 1]
                 name += ": " + next((label for key, label in REGISTER_ROUND_TRIPS.items() if key in text), "other")
             return f"Redis: {name}"
     return "Redis: replies read off the socket"
 
 
-STORE_SOURCE = (ROOT / "rendezvous/store.py").read_text().splitlines()
+STORE_SOURCE = [(ROOT / "rendezvous/store.py").read_text().splitlines()]  # of the tree being read
 OTHER: collections.Counter = collections.Counter()  # innermost frames of the unmatched samples, for --show-other
 
 
@@ -128,16 +134,8 @@ def profile(py_spy: str, pid: int, port: int, duration: int, wrk_args: list[str]
     return {"requests": requests, "cpu_us": 1e6 * cpu / requests, "stages": read_samples(out), "failed": failed}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy")
-    parser.add_argument("--show-other", action="store_true", help="list the stacks no stage matched")
-    args = parser.parse_args()
-    if not os.path.exists(args.py_spy):
-        sys.exit("py-spy is missing: pip install --target /tmp/pyspy py-spy")
-
-    work = pathlib.Path(tempfile.mkdtemp(prefix="hp-profile-"))
+def profile_tree(tree: pathlib.Path, args, work: pathlib.Path) -> dict[str, dict]:
+    """Register and discover on the service of source tree `tree`, on a Redis of its own."""
     redis_port, service_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     procs = [subprocess.Popen(pinned(1, ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly",
@@ -146,16 +144,20 @@ def main() -> None:
         env = {**os.environ, "PORT": str(service_port), "HOST": "127.0.0.1", "REDIS_URL": redis_url,
                "COOKIE_HMAC_KEY": COOKIE_KEY, "RATE_LIMIT_IP_PER_MINUTE": "100000000",
                "RATE_LIMIT_PEER_PER_MINUTE": "100000000", "MAX_PEERS_PER_NAMESPACE": "10000000",
-               "MAX_REGISTRATIONS_PER_SOURCE": "100000000", "LOG_LEVEL": "WARNING"}
-        service = subprocess.Popen(pinned(0, [sys.executable, "-m", "rendezvous.cli"]), env=env, cwd=HERE.parent,
+               "MAX_REGISTRATIONS_PER_SOURCE": "100000000", "LOG_LEVEL": "WARNING", "PROCESSES": "1"}
+        service = subprocess.Popen(pinned(0, [sys.executable, "-m", "rendezvous.cli"]), env=env, cwd=tree,
                                    stdout=subprocess.DEVNULL)
         procs.append(service)
         wait_http(service_port)
-        asyncio.run(fill(redis_url, "bench-1k", 1_000))
+        # the tree's own store code writes its records (a layout another tree cannot read)
+        subprocess.run([sys.executable, "-c", "import asyncio, sys; sys.path.insert(0, 'bench'); "
+                        "from bench_rendezvous import fill; asyncio.run(fill(sys.argv[1], 'bench-1k', 1000))",
+                        redis_url], cwd=tree, check=True)
         bodies = work / "bodies.bin"
         sign_bodies(max(20_000, args.duration * 4_000), bodies)
         url = f"http://127.0.0.1:{service_port}"
-        runs = {
+        STORE_SOURCE[0] = (tree / "rendezvous/store.py").read_text().splitlines()
+        return {
             "register (signed)": profile(args.py_spy, service.pid, service_port, args.duration,
                                          ["-s", str(HERE / "post_bodies.lua"), f"{url}/peers", "--", str(bodies)],
                                          work / "register.txt"),
@@ -166,10 +168,37 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy")
+    parser.add_argument("--before", metavar="COMMIT", help="profile the service at COMMIT too, in the same run")
+    parser.add_argument("--show-other", action="store_true", help="list the stacks no stage matched")
+    args = parser.parse_args()
+    if not os.path.exists(args.py_spy):
+        sys.exit("py-spy is missing: pip install --target /tmp/pyspy py-spy")
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="hp-profile-"))
+    try:
+        trees = {}
+        if args.before:
+            before = work / "before"
+            before.mkdir()
+            archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            trees[f"before ({args.before[:12]})"] = before
+        trees["now" if args.before else ""] = ROOT
+        runs = {}
+        for label, tree in trees.items():
+            for load, result in profile_tree(tree, args, work).items():
+                runs[f"{load}, {label}" if label else load] = result
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nserver CPU per request by stage, py-spy at 250 Hz, wrk -t1 -c50 -d{args.duration}s\n")
-    names = list(runs)
+    names = sorted(runs, key=lambda n: (not n.startswith("register"), n.endswith("now")))
     print("| stage | " + " | ".join(f"{n}: us/req | share" for n in names) + " |")
     print("|---|" + "---:|---:|" * len(names))
     seen = set().union(*(r["stages"] for r in runs.values()))

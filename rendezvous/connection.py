@@ -65,6 +65,9 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiting: collections.deque[tuple[asyncio.Future, int, list]] = collections.deque()
         self.lost = False
+        # The batches sent since the event loop last came round, written as one: one system call, and one
+        # read for Redis, for every request that asked in that turn of the loop.
+        self.unsent: list[bytes] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -97,10 +100,18 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(error)
 
     def send(self, commands: Sequence[Command]) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.waiting.append((future, len(commands), []))
-        self.transport.write(pack(commands))
+        if not self.unsent:
+            loop.call_soon(self._write_unsent)
+        self.unsent.append(pack(commands))
         return future
+
+    def _write_unsent(self) -> None:
+        data, self.unsent = b"".join(self.unsent), []
+        if not self.lost and not self.transport.is_closing():  # else their requests were failed already
+            self.transport.write(data)
 
 
 class RespConnection:

@@ -6,6 +6,7 @@ the same way whichever door they came through.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hmac
 import logging
@@ -57,46 +58,65 @@ class Registry:
     # --- registering ---------------------------------------------------------------------------------------
 
     async def register_signed(self, read_body: Callable[[], Awaitable[bytes]], client_ip: str) -> Registered:
-        """A registration signed by its peer (the HTTP door). The request is counted against its source
-        before its body is read and its signature verified, so junk costs an attacker its rate limit too."""
+        """A registration signed by its peer (the HTTP door)."""
         source = rules.source(client_ip)
+
+        async def parse() -> Registration:
+            return rules.registration(open_signed(await read_body(), REGISTER_PAYLOAD_TYPE), self.limits,
+                                      self.settings.default_namespace)
+
+        return await self._register(await self._parsed(source, parse), source)
+
+    async def _parsed(self, source: str, parse: Callable[[], Awaitable[Registration]]) -> Registration:
+        """A registration request read and checked, counted against its source whatever its fate: in the
+        store's one step that writes it, or here when it is refused before that (so junk costs an attacker
+        its rate limit too). A source this replica saw over its limit is refused before its request is read
+        or its signature verified."""
         with _counted(metrics.REGISTRATIONS):
-            await self.store.count_request(source)
-            reg = rules.registration(open_signed(await read_body(), REGISTER_PAYLOAD_TYPE), self.limits,
-                                     self.settings.default_namespace)
-        return await self._register(reg, source)
+            self.store.refuse_if_limited(source)
+            try:
+                return await parse()
+            except ApiError:
+                await self.store.count_request(source)  # over the limit, that refusal comes first
+                raise
+            except Exception:  # a body that never came, a client gone: counted, and answered as it was
+                with contextlib.suppress(ApiError):
+                    await self.store.count_request(source)
+                raise
 
     async def register_peer_record(self, peer_id: str, signed_peer_record: bytes, namespace: str, ttl: int,
                                    client_ip: str) -> Registered:
         """The libp2p door's spec form: `peer_id` is the peer its connection authenticated, and the standard
         signed peer record it sent must be its own. `ttl` 0 means the default."""
         source = rules.source(client_ip)
-        with _counted(metrics.REGISTRATIONS):
-            await self.store.count_request(source)
+
+        async def parse() -> Registration:
             envelope = open_envelope(signed_peer_record, PEER_RECORD_DOMAIN, "signedPeerRecord")
             check_peer_record(signed_peer_record, envelope.public_key)
             try:
                 addrs = [_multiaddr_text(raw) for raw in peer_record_addrs(envelope.payload)]
             except ValueError as exc:
                 raise ApiError(ErrorCode.BAD_PEER_RECORD, f"the record's addresses are malformed: {exc}") from None
-            reg = self._authenticated(peer_id, envelope.peer_id, envelope.public_key, namespace, addrs, ttl,
-                                      base64.b64encode(signed_peer_record).decode())
-        return await self._register(reg, source)
+            return self._authenticated(peer_id, envelope.peer_id, envelope.public_key, namespace, addrs, ttl,
+                                       base64.b64encode(signed_peer_record).decode())
+
+        return await self._register(await self._parsed(source, parse), source)
 
     async def register_legacy(self, peer_id: str, named_peer: bytes, addrs: list[bytes], namespace: str, ttl: int,
                               client_ip: str) -> Registered:
         """py-libp2p's form: an unsigned PeerInfo (peer ID bytes, binary multiaddrs), trusted because the
         connection authenticated `peer_id`, which it must name (or leave empty)."""
         source = rules.source(client_ip)
-        with _counted(metrics.REGISTRATIONS):
-            await self.store.count_request(source)
+
+        async def parse() -> Registration:
             named = b58encode(named_peer) if named_peer else peer_id
             try:
                 texts = [_multiaddr_text(raw) for raw in addrs]
             except ValueError as exc:
                 raise ApiError(ErrorCode.INVALID_ADDRS, str(exc)) from None
-            reg = self._authenticated(peer_id, named, public_key_from_peer_id(peer_id), namespace, texts, ttl, None)
-        return await self._register(reg, source)
+            return self._authenticated(peer_id, named, public_key_from_peer_id(peer_id), namespace, texts, ttl, None)
+
+        return await self._register(await self._parsed(source, parse), source)
 
     def _authenticated(self, peer_id: str, named: str, public_key: bytes, namespace: str, addrs: list[str],
                        ttl: int, record: str | None) -> Registration:

@@ -1,9 +1,13 @@
 """Registrations in Redis: the only state the service has, shared by every replica.
 
 One call here is one logical step, done in as few round trips as the Cluster slots allow:
-register = [count the source's request (before the body is even parsed: `count_request`)], then [hold a
-place in the source's quota + admit the peer (rate, nonce, per-peer cap)], then [write the namespace];
-discover and lookup = [count the source's request + read the namespace] in one pipeline.
+register, on a single node = [count the source's request + admit the peer (rate, nonce, per-peer cap) +
+check the source's quota + write the namespace], one script (lua.py REGISTER); on a Cluster, whose slots
+part the source's, the peer's and the namespace's keys, [count], then [hold a place in the source's quota +
+admit the peer], then [write the namespace]; discover and lookup = [count the source's request + read the
+namespace] in one pipeline. A request refused before it reaches the store (a malformed or badly signed
+body) is counted on its own (`count_request`), and a source found over its rate limit is refused by this
+replica, with no round trip, until its window resets (`refuse_if_limited`).
 
 A source is what rate limits and quotas are counted by: an IPv4 address, or an IPv6 /64 (rules.source).
 When Redis fills up, new registrations narrow to small sources at a fair-share mark of its memory, and stop
@@ -46,6 +50,7 @@ MEMORY_CHECK_WRITES = 50
 SMALL_SOURCE_QUOTA = 10  # past the fair-share mark, what a source may still hold and add to
 FAIR_SHARE_MARGIN = 10  # percentage points below the high-water mark
 METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers gauge
+LIMITED_SOURCES_MAX = 100_000  # sources remembered over their rate limit (refuse_if_limited), at most
 SWEEP_LIMIT = 1000  # expiries one sweep tells of; the rest wait for the next sweep, half a second later
 READ_SOCKET_TIMEOUT_S = 10.0  # above any XREAD BLOCK the watchers ask for (watch.py READ_BLOCK_MS)
 # Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
@@ -132,6 +137,9 @@ class Store:
         self._memory_checked = float("-inf")
         self._writes_since_check = 0
         self._memory_percent = 0.0  # of maxmemory, at the last check; 0 when Redis has no maxmemory
+        # a single node runs a whole registration as one script; a Cluster's slots part its steps (lua.py)
+        self._one_script = not getattr(redis, "cluster", False)
+        self._limited: dict[str, float] = {}  # source -> when its rate window resets (monotonic), from Redis
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -189,14 +197,36 @@ class Store:
     def _rate(self, batch: "_Batch", source: str) -> None:
         batch.script("rate", [self.keys.ip_rate(source)], RATE_WINDOW_MS)
 
-    def _check_ip_rate(self, reply: list | None) -> None:
+    def _check_ip_rate(self, source: str, reply: list | None) -> None:
         if reply is None:  # Redis is full and refused the counter: reads go on, registrations stop elsewhere
             return
         count, retry_ms = reply
         if count > self.limits.rate_limit_ip_per_minute:
-            raise ApiError(ErrorCode.RATE_LIMITED,
-                           f"more than {self.limits.rate_limit_ip_per_minute} requests a minute from this address",
-                           retry_after=max(retry_ms, 1000) / 1000)
+            raise self._over_ip_rate(source, retry_ms)
+
+    def _over_ip_rate(self, source: str, retry_ms: int) -> ApiError:
+        """The refusal of a source over its rate limit, remembered until its window resets."""
+        if len(self._limited) >= LIMITED_SOURCES_MAX:
+            now = time.monotonic()
+            self._limited = {s: until for s, until in self._limited.items() if until > now}
+        if len(self._limited) < LIMITED_SOURCES_MAX:
+            self._limited[source] = time.monotonic() + retry_ms / 1000
+        return self._ip_rate_error(retry_ms / 1000)
+
+    def _ip_rate_error(self, retry_s: float) -> ApiError:
+        return ApiError(ErrorCode.RATE_LIMITED,
+                        f"more than {self.limits.rate_limit_ip_per_minute} requests a minute from this address",
+                        retry_after=max(retry_s, 1.0))
+
+    def refuse_if_limited(self, source: str) -> None:
+        """Refuse a request from a source this replica saw over its rate limit, until its window resets: no
+        round trip, and none of the request's parsing or signature checking, is spent on it."""
+        until = self._limited.get(source)
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                raise self._ip_rate_error(left)
+            del self._limited[source]
 
     # --- operations -----------------------------------------------------------------------------------------
 
@@ -207,51 +237,91 @@ class Store:
             raise self._unavailable(exc) from None
 
     async def count_request(self, source: str) -> None:
-        """Count a request against its source's rate limit, first of all (before its body is parsed)."""
+        """Count a request against its source's rate limit: a request that does not reach a step counting it
+        (a refused registration body, a deregistration, a watch)."""
+        self.refuse_if_limited(source)
         [reply] = await self._pipeline(lambda batch: self._rate(batch, source), full_ok=(0,))
-        self._check_ip_rate(reply)
+        self._check_ip_rate(source, reply)
 
     async def register(self, reg: Registration, source: str) -> tuple[int, bool, bool]:
-        """Store `reg`, superseding the peer's registration in that namespace (the request was counted
-        already). -> (expiry ms, replaced, evicted another source's registration to make room)."""
+        """Count the request against its source, and store `reg`, superseding the peer's registration in that
+        namespace. -> (expiry ms, replaced, evicted another source's registration to make room)."""
         # Past the fair-share mark of Redis memory only small sources may add a registration, past the
         # high-water mark nobody; renewals always may (they take no new room). So a Redis that fills up never
         # refuses the reads' counters, and a new peer from an address of its own gets in until the high water.
+        if not self._one_script:
+            await self.count_request(source)  # first of the Cluster's steps: nothing is held for a refused one
         self._writes_since_check += 1
         percent = await self._memory_level()
         full = percent >= self._fair_share_mark()
         cap = SMALL_SOURCE_QUOTA if full else self.limits.max_registrations_per_source
         if percent >= self.limits.redis_high_water_percent:
             cap = 0
+        if self._one_script:
+            expiry, replaced, released = await self._register_at_once(reg, source, cap, full, percent)
+        else:
+            expiry, replaced, released = await self._register_by_slots(reg, source, cap, full, percent)
+        pairs = list(zip(released[::2], released[1::2]))
+        await self._release_held(reg.namespace, pairs)
+        member = record.member(reg.public_key)
+        return expiry, bool(replaced), any(other != member for _, other in pairs)
+
+    async def _register_at_once(self, reg: Registration, source: str, cap: int, full: bool,
+                                percent: float) -> tuple[int, int, list]:
+        """A registration as one script on a single node (lua.py REGISTER): nothing to undo on a refusal."""
+        [(status, *reply)] = await self._pipeline(lambda batch: batch.script(
+            "register", *self.register_arguments(reg, source, cap)))
+        if status == b"ok":
+            return reply[0], reply[1], reply[2]
+        if status == b"ip_rate":
+            raise self._over_ip_rate(source, reply[0])
+        self._check_admission(status, reply[0])
+        if status == b"quota":
+            raise self._quota_refusal(full, percent)
+        raise self._namespace_full(reg)
+
+    def register_arguments(self, reg: Registration, source: str, cap: int) -> tuple:
+        """The keys and then the arguments of lua.py REGISTER for `reg` (bench/bench_redis_clients.py sends
+        the same through other clients)."""
+        peer, ns = self.keys.peer(reg.peer_id), self.keys.namespace(reg.namespace)
+        member = record.member(reg.public_key)
+        return ([self.keys.ip_rate(source), self.keys.held_by(source), peer.rate, peer.nonce(reg.nonce), peer.index,
+                 *ns.all(), self.keys.namespaces()],
+                self.limits.rate_limit_ip_per_minute, RATE_WINDOW_MS, _held_entry(reg.namespace, member),
+                reg.ttl * 1000, cap, self.limits.rate_limit_peer_per_minute, self._nonce_ttl_ms(), reg.namespace,
+                self.limits.max_registrations_per_peer, member, record.stored_body(reg),
+                self.limits.max_peers_per_namespace, source, *self._event_bounds())
+
+    async def _register_by_slots(self, reg: Registration, source: str, cap: int, full: bool,
+                                 percent: float) -> tuple[int, int, list]:
+        """A registration on a Cluster (counted already): hold + admit on the source's and the peer's slots in
+        one round trip, then the write on the namespace's; the places held are given back on a refusal."""
         peer = self.keys.peer(reg.peer_id)
         held = self.keys.held_by(source)
-        entry = _held_entry(reg.namespace, reg.public_key)
+        member = record.member(reg.public_key)
+        entry = _held_entry(reg.namespace, member)
         ttl_ms = reg.ttl * 1000
 
         def admit(batch):
             batch.script("hold", [held], entry, ttl_ms, cap)
-            batch.script("admit", [peer.rate, peer.nonce(reg.nonce), peer.namespaces],
+            batch.script("admit", [peer.rate, peer.nonce(reg.nonce), peer.index],
                          self.limits.rate_limit_peer_per_minute, RATE_WINDOW_MS, self._nonce_ttl_ms(),
-                         reg.namespace, ttl_ms, self.limits.max_registrations_per_peer)
+                         reg.namespace, ttl_ms, self.limits.max_registrations_per_peer, member)
 
         hold, (status, detail) = await self._pipeline(admit)
         undo = []
         if hold == 2:
             undo.append(("ZREM", held, entry))
         if status == b"ok" and detail == 1:
-            undo.append(("ZREM", peer.namespaces, reg.namespace))
+            undo.append(("ZREM", peer.index, member + reg.namespace.encode()))
         try:
             self._check_admission(status, detail)
-            if hold == 0 and full:
-                raise self._store_full(percent)
             if hold == 0:
-                raise ApiError(ErrorCode.SOURCE_QUOTA, f"this address holds its maximum of "
-                               f"{self.limits.max_registrations_per_source} live registrations; they expire with "
-                               f"their TTL", retry_after=STORE_FULL_RETRY_AFTER_S)
+                raise self._quota_refusal(full, percent)
             ns = self.keys.namespace(reg.namespace)
 
             def write(batch):
-                batch.script("register", ns.all(), reg.public_key, record.encode(reg),
+                batch.script("write", ns.all(), member, record.stored_body(reg),
                              ttl_ms, self.limits.max_peers_per_namespace, source, *self._event_bounds())
                 expires = int(time.time() * 1000) + ttl_ms  # for indexes only: this replica's clock will do
                 batch.call("ZADD", self.keys.namespaces(), "GT", expires, reg.namespace)  # live-peers metric
@@ -260,16 +330,24 @@ class Store:
 
             [(stored, expiry, replaced, released), *_] = await self._pipeline(write)
             if not stored:
-                raise ApiError(ErrorCode.NAMESPACE_FULL, f"namespace {reg.namespace!r} holds its maximum of "
-                               f"{self.limits.max_peers_per_namespace} peers, and this address holds no fewer "
-                               f"than any other")
+                raise self._namespace_full(reg)
         except ApiError:
             if undo:
                 await self._undo(undo)
             raise
-        pairs = list(zip(released[::2], released[1::2]))
-        await self._release_held(reg.namespace, pairs)
-        return expiry, bool(replaced), any(member != reg.public_key for _, member in pairs)
+        return expiry, replaced, released
+
+    def _quota_refusal(self, full: bool, percent: float) -> ApiError:
+        """The source holds all it may: its quota, or past the fair-share mark of memory, a small source's."""
+        if full:
+            return self._store_full(percent)
+        return ApiError(ErrorCode.SOURCE_QUOTA, f"this address holds its maximum of "
+                        f"{self.limits.max_registrations_per_source} live registrations; they expire with "
+                        f"their TTL", retry_after=STORE_FULL_RETRY_AFTER_S)
+
+    def _namespace_full(self, reg: Registration) -> ApiError:
+        return ApiError(ErrorCode.NAMESPACE_FULL, f"namespace {reg.namespace!r} holds its maximum of "
+                        f"{self.limits.max_peers_per_namespace} peers, and this address holds no fewer than any other")
 
     async def _release_held(self, namespace: str, pairs: list[tuple[bytes, bytes]]) -> None:
         """Drop the quota entries of registrations that left a namespace: (source, member) pairs."""
@@ -338,37 +416,39 @@ class Store:
             self._rate(batch, source)
             batch.script("discover", ns.all(), cursor, limit)
 
+        self.refuse_if_limited(source)
         ip_reply, reply = await self._pipeline(read, full_ok=(0,))
-        self._check_ip_rate(ip_reply)
+        self._check_ip_rate(source, ip_reply)
         now, new_cursor, more, *records = reply
         return Page(now, records, new_cursor.decode(), bool(more))
 
     async def lookup(self, namespace: str, peer_id: str, source: str) -> tuple[int, bytes | None]:
-        member = public_key_from_peer_id(peer_id)
+        member = record.member(public_key_from_peer_id(peer_id))
 
         def read(batch):
             self._rate(batch, source)
             batch.script("lookup", self.keys.namespace(namespace).all(), member)
 
+        self.refuse_if_limited(source)
         ip_reply, (now, stored) = await self._pipeline(read, full_ok=(0,))
-        self._check_ip_rate(ip_reply)
+        self._check_ip_rate(source, ip_reply)
         return now, stored or None
 
     async def admit_unregistration(self, peer_id: str, nonce: str) -> None:
         """The peer's rate limit and the replay check for a deregistration (its request was counted already)."""
         peer = self.keys.peer(peer_id)
         [(status, detail)] = await self._pipeline(lambda batch: batch.script(
-            "admit", [peer.rate, peer.nonce(nonce), peer.namespaces], self.limits.rate_limit_peer_per_minute,
-            RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0))
+            "admit", [peer.rate, peer.nonce(nonce), peer.index], self.limits.rate_limit_peer_per_minute,
+            RATE_WINDOW_MS, self._nonce_ttl_ms(), "", 0, 0, b""))
         self._check_admission(status, detail)
 
     async def unregister(self, peer_id: str, namespace: str | None) -> list[str]:
         """Remove the peer from `namespace`, or from every namespace when None. -> namespaces it left."""
-        member = public_key_from_peer_id(peer_id)
-        index = self.keys.peer(peer_id).namespaces
-        if namespace is None:
-            [names] = await self._pipeline(lambda batch: batch.call("ZRANGE", index, 0, -1))
-            namespaces = [n.decode() for n in names]
+        member = record.member(public_key_from_peer_id(peer_id))
+        index = self.keys.peer(peer_id).index
+        if namespace is None:  # the peer's entries in its bucket of the index (keys.py INDEX_BUCKETS)
+            [entries] = await self._pipeline(lambda batch: batch.call("ZRANGE", index, 0, -1))
+            namespaces = [e[len(member):].decode() for e in entries if e.startswith(member)]
         else:
             namespaces = [namespace]
         if not namespaces:
@@ -377,7 +457,7 @@ class Store:
         def remove(batch):
             for name in namespaces:
                 batch.script("unregister", self.keys.namespace(name).all(), member, *self._event_bounds())
-            batch.call("ZREM", index, *namespaces)
+            batch.call("ZREM", index, *(member + name.encode() for name in namespaces))
 
         *removed, _ = await self._pipeline(remove)
         for name, (_, source) in zip(namespaces, removed):
