@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
                                 reason=f"NAT lab unavailable: {missing_prerequisite()}")
 
 DELAY_MS = 25.0
+DIRECT_DIAL_TIMEOUT_S = 2.0  # the worker's default DIRECT_DIAL_TIMEOUT
 CELL = {cell.name: cell for cell in CELLS}
 
 
@@ -91,6 +92,9 @@ def test_cone_nats_on_both_sides_end_hole_punched(lab, name):
             assert seen["over"] == "direct" and seen["rtt_ms"] >= 4 * DELAY_MS, seen  # echoed over the punch
         # the dialer went through the relay first, and says how long the upgrade took
         assert dialer["initiated_by"] == "us" and dialer["time_to_direct"] > 0, story(lab, pair)
+        # its relay dial did not wait for the direct dials (whose SYNs the NAT drops) to time out
+        relayed = lab.wait_for(pair.names[0], lambda e: e.get("event") == "relayed", 1.0)
+        assert relayed is not None and relayed["seconds"] < DIRECT_DIAL_TIMEOUT_S, story(lab, pair)
         later_echo_over(lab, pair, "direct")
     finally:
         stop_pair(lab, pair)
