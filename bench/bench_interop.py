@@ -4,6 +4,7 @@ entry gives, per relay (ours, go-libp2p's), the pass rate and the median time fr
 to the direct one.
 
     sudo .venv/bin/python bench/bench_interop.py --runs 10 [--impls py,go] [--transports tcp] [--relays ours]
+        [--evidence DIR]
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--transports", default=",".join(TRANSPORTS))
     parser.add_argument("--relays", default=",".join(RELAYS))
+    parser.add_argument("--evidence", type=Path, help="keep each failed run's logs and packet captures (tcpdump "
+                        "on both routers' WAN links) in this directory")
     args = parser.parse_args()
     if (why := missing_prerequisite()) is not None:
         sys.exit(f"NAT lab unavailable: {why}")
@@ -61,11 +64,14 @@ def main() -> None:
     todo = [c for c in cells(available) if c.transport in transports and c.relay in relays]
     results: dict[Cell, list[Result]] = defaultdict(list)
     began = time.monotonic()
-    with InteropLab() as lab:
+    with InteropLab(capture_dir=args.evidence) as lab:
         for run in range(args.runs):
             for cell in todo:
                 result = lab.run(cell)
                 results[cell].append(result)
+                if args.evidence and not result.passed:
+                    name = f"run{run + 1}-{cell.name.replace('/', '_').replace('>', '')}.log"
+                    (args.evidence / name).write_text(result.logs)
                 print(f"run {run + 1} {cell.name}: {result.path} {result.time_to_direct_ms} ms"
                       + (f" ({result.error})" if result.error else ""), file=sys.stderr, flush=True)
     print(f"{len(todo)} cells x {args.runs} runs in {time.monotonic() - began:.0f} s; delay 25 ms one way per "

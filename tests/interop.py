@@ -106,8 +106,10 @@ class InteropLab:
     """One NAT lab for many cells: the relays start once, on first use, and stay; each cell's peers get new
     ports (so no NAT mapping of an earlier cell applies) and are stopped when the cell ends."""
 
-    def __init__(self, delay_ms: float = 25.0):
+    def __init__(self, delay_ms: float = 25.0, capture_dir: pathlib.Path | None = None):
         self.lab = NatLab(Nat.PORT_RESTRICTED, Nat.PORT_RESTRICTED, delay_ms=delay_ms)
+        # where to keep packet captures (tcpdump on both routers' WAN links) of the runs that fail
+        self.capture_dir = capture_dir
         self.relay_names: dict[tuple[str, str], str] = {}  # (kind, transport) -> its process
         self._next_port = 5000
         self._runs = 0
@@ -155,6 +157,15 @@ class InteropLab:
         and waits for DCUtR's direct connection; the dialer's result line is the cell's result."""
         self._runs += 1
         run = f"c{self._runs}"
+        captures = self._start_captures(run, cell) if self.capture_dir else {}
+        result = None
+        try:
+            result = self._run(run, cell, timeout, extra_env)
+            return result
+        finally:
+            self._end_captures(captures, keep=result is None or not result.passed)
+
+    def _run(self, run: str, cell: Cell, timeout: float, extra_env: dict[str, str] | None) -> Result:
         relay_addr = self.relay(cell.relay, cell.transport)
         relay_name = self.relay_names[(cell.relay, cell.transport)]
         listener_id, dialer_id = identity(f"{run}-listener"), identity(f"{run}-dialer")
@@ -197,6 +208,22 @@ class InteropLab:
     def new_port(self) -> int:
         port, self._next_port = self._next_port, self._next_port + 1
         return port
+
+    def _start_captures(self, run: str, cell: Cell) -> dict[str, pathlib.Path]:
+        self.capture_dir.mkdir(parents=True, exist_ok=True)
+        captures = {}
+        for router in ("ra", "rb"):
+            path = self.capture_dir / f"{run}-{cell.name.replace('/', '_').replace('>', '')}-{router}.pcap"
+            self.lab.start(f"tcpdump-{router}", router, ["tcpdump", "-i", "wan", "-U", "-w", str(path)], {})
+            captures[f"tcpdump-{router}"] = path
+        time.sleep(0.5)  # tcpdump needs a moment before it captures
+        return captures
+
+    def _end_captures(self, captures: dict[str, pathlib.Path], keep: bool) -> None:
+        for name, path in captures.items():
+            self.lab.stop(name)
+            if not keep:
+                path.unlink(missing_ok=True)
 
     def _wait(self, name: str, event: str, timeout: float) -> dict | None:
         try:

@@ -7,6 +7,9 @@ ports. A peer whose toolchain is absent, or that is not written yet, is a skip t
 """
 from __future__ import annotations
 
+import os
+import pathlib
+
 import pytest
 
 from tests.interop import Cell, InteropLab, build, cells, identity
@@ -18,7 +21,9 @@ pytestmark = pytest.mark.skipif(missing_prerequisite() is not None,
 
 @pytest.fixture(scope="module")
 def lab():
-    with InteropLab() as built:
+    """INTEROP_EVIDENCE=DIR keeps packet captures of the failed cells there (tcpdump on both routers)."""
+    evidence = os.environ.get("INTEROP_EVIDENCE")
+    with InteropLab(capture_dir=pathlib.Path(evidence) if evidence else None) as built:
         yield built
 
 
