@@ -62,20 +62,23 @@ class Connector:
         self.tracer.emit(events.ConnectStarted(entry.peer_id))
         started = time.monotonic()
         outcome = _Outcome()
-        with tracing.span("connect", attributes={"peer": entry.peer_id}) as span:
-            try:
-                await self._establish(peer_id, entry, outcome, started)
-                rtt_ms, over = await self.prove(peer_id)
-            except Exception as exc:  # any fault with this one peer ends this attempt, never the worker
-                span.set_status(StatusCode.ERROR, type(exc).__name__)
-                self.tracer.emit(events.ConnectFailed(entry.peer_id, f"{type(exc).__name__}: {exc}"))
-                return
-            finally:
-                span.set_attributes({"path": outcome.path, "initiated_by": outcome.initiated_by})
-            self.tracer.emit(events.Connected(entry.peer_id, outcome.path, outcome.initiated_by,
-                                              round(time.monotonic() - started, 4), rtt_ms, over))
+        # the hole punch's own task may outlive the moment its direct connection exists: it is owned here
+        async with trio.open_nursery() as punching:
+            with tracing.span("connect", attributes={"peer": entry.peer_id}) as span:
+                try:
+                    await self._establish(peer_id, entry, outcome, started, punching)
+                    rtt_ms, over = await self.prove(peer_id)
+                except Exception as exc:  # any fault with this one peer ends this attempt, never the worker
+                    span.set_status(StatusCode.ERROR, type(exc).__name__)
+                    self.tracer.emit(events.ConnectFailed(entry.peer_id, f"{type(exc).__name__}: {exc}"))
+                    return
+                finally:
+                    span.set_attributes({"path": outcome.path, "initiated_by": outcome.initiated_by})
+                self.tracer.emit(events.Connected(entry.peer_id, outcome.path, outcome.initiated_by,
+                                                  round(time.monotonic() - started, 4), rtt_ms, over))
 
-    async def _establish(self, peer_id: ID, entry: PeerEntry, outcome: _Outcome, started: float) -> None:
+    async def _establish(self, peer_id: ID, entry: PeerEntry, outcome: _Outcome, started: float,
+                         punching: trio.Nursery) -> None:
         kinds = connection_kinds(self.host, peer_id)
         if kinds:  # the peer dialed us first: adopt its connection instead of making a second one
             outcome.initiated_by = "them"
@@ -96,7 +99,7 @@ class Connector:
             return
         relayed_at = time.monotonic()
         self.tracer.emit(events.Relayed(entry.peer_id, relay_addr, round(relayed_at - started, 4)))
-        outcome.path = await self._upgrade(peer_id, relayed_at)
+        outcome.path = await self._upgrade(peer_id, relayed_at, punching)
 
     async def _direct_or_relayed(self, peer_id: ID, direct: list[str], circuits: list[str],
                                  started: float) -> str | None:
@@ -202,18 +205,33 @@ class Connector:
             self.tracer.emit(events.RelayDialFailed(str(peer_id), addr, errors[-1]))
         raise ConnectionError("every relay failed: " + "; ".join(errors))
 
-    async def _upgrade(self, peer_id: ID, relayed_at: float) -> str:
-        """DCUtR over the relayed connection, started at once. -> 'hole-punched' or 'relayed'."""
+    async def _upgrade(self, peer_id: ID, relayed_at: float, punching: trio.Nursery) -> str:
+        """DCUtR over the relayed connection, started at once. -> 'hole-punched' or 'relayed'.
+
+        The path is known the moment a direct connection exists: py-libp2p's exchange returns up to 0.3 s
+        after that (it sleeps 0.1 s after its dial and looks for the connection every 0.2 s), so it runs on
+        in `punching` while we go on to prove the connection."""
         if self.puncher is None:
             return "relayed"
         self.tracer.emit(events.HolePunchStarted(str(peer_id)))
-        with tracing.span("holepunch", attributes={"peer": str(peer_id)}) as span:
-            with trio.move_on_after(self.timeouts.holepunch):
-                await self.puncher.initiate_hole_punch(peer_id)
-            # The peer dials us back during the exchange; its connection may land just after ours gave up.
-            path = await self._await_direct(peer_id, relayed_at, PEER_DIAL_GRACE, "us")
-            span.set_attribute("path", path)
-        return path
+        exchanged = trio.Event()
+
+        async def exchange() -> None:
+            with tracing.span("holepunch", attributes={"peer": str(peer_id)}):
+                with trio.move_on_after(self.timeouts.holepunch):
+                    await self.puncher.initiate_hole_punch(peer_id)
+            exchanged.set()
+        punching.start_soon(exchange)
+        direct = lambda: "direct" in connection_kinds(self.host, peer_id)  # noqa: E731
+        async with trio.open_nursery() as waiting:
+            async def until_exchanged() -> None:
+                await exchanged.wait()
+                waiting.cancel_scope.cancel()
+            waiting.start_soon(until_exchanged)
+            if await self.watch.wait_until(direct, self.timeouts.holepunch + PEER_DIAL_GRACE):
+                waiting.cancel_scope.cancel()
+        # The peer dials us back during the exchange; its connection may land just after ours gave up.
+        return await self._await_direct(peer_id, relayed_at, PEER_DIAL_GRACE, "us")
 
     async def _await_direct(self, peer_id: ID, relayed_at: float, patience: float, initiated_by: str) -> str:
         if await self.watch.wait_until(lambda: "direct" in connection_kinds(self.host, peer_id), patience):
