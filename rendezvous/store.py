@@ -140,6 +140,7 @@ class Store:
         # a single node runs a whole registration as one script; a Cluster's slots part its steps (lua.py)
         self._one_script = not getattr(redis, "cluster", False)
         self._limited: dict[str, float] = {}  # source -> when its rate window resets (monotonic), from Redis
+        self._latencies: dict[str, Any] = {}  # operation -> its child of metrics.REDIS_LATENCY
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -184,7 +185,15 @@ class Store:
                 metrics.REDIS_ERRORS.inc()
                 raise self._unavailable(exc) from None
             finally:
-                metrics.REDIS_LATENCY.labels(operation).observe(time.perf_counter() - started)
+                self._latency(operation).observe(time.perf_counter() - started)
+
+    def _latency(self, operation: str) -> Any:
+        """The latency histogram's child for `operation`, looked up once: labels() costs a lock and a tuple
+        on every call, and this is every round trip's."""
+        child = self._latencies.get(operation)
+        if child is None:
+            child = self._latencies[operation] = metrics.REDIS_LATENCY.labels(operation)
+        return child
 
     def _unavailable(self, exc: BaseException) -> ApiError:
         if isinstance(exc, ResponseError) and not str(exc).startswith(("OOM", "LOADING", "BUSY", "CLUSTERDOWN",
