@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Iterable
 
 EXPIRY_DIGITS = 13  # Unix ms has 13 digits until the year 2286
 MEMBER_BYTES = 16
@@ -71,8 +72,15 @@ def remaining_seconds(record: bytes, now_ms: int) -> int:
 
 def peer_json(record: bytes, now_ms: int) -> bytes:
     """The peer object as GET /peers sends it: ID, Addrs, SignedPeerRecord if sent, and the TTL left."""
-    return b'%s%s,"TTL":%d}' % (_HEAD, record[record.index(SOURCE_END, EXPIRY_DIGITS) + 1:],
-                                remaining_seconds(record, now_ms))
+    return peers_json((record,), now_ms)
+
+
+def peers_json(records: Iterable[bytes], now_ms: int, separator: bytes = b",") -> bytes:
+    """Peer objects (peer_json) joined by `separator`: a page's, formatted in one pass (remaining_seconds
+    written out in it: a call per peer is a tenth of the page's formatting)."""
+    return separator.join([b'%s%s,"TTL":%d}' % (_HEAD, record[record.index(SOURCE_END, EXPIRY_DIGITS) + 1:],
+                                                 (int(record[:EXPIRY_DIGITS]) - now_ms + 999) // 1000)
+                           for record in records])
 
 
 def peer_fields(record: bytes) -> dict:

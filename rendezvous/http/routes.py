@@ -76,14 +76,14 @@ async def discover(request: web.Request) -> web.StreamResponse:
     limit = rules.check_page_limit(request.query.get("limit"), request.app[SETTINGS].limits)
     found = await request.app[REGISTRY].discover(_namespace_param(request), request.query.get("cookie"), limit,
                                                  client_ip(request))
-    peers = [record.peer_json(stored, found.now_ms) for _, stored in found.records]
+    stored = [stored for _, stored in found.records]
     headers = {COOKIE_HEADER: found.cookie, MORE_HEADER: "true" if found.more else "false"}
     if NDJSON in request.headers.get("Accept", ""):
-        body = b"".join(peer + b"\n" for peer in peers)
+        body = record.peers_json(stored, found.now_ms, b"\n") + b"\n" if stored else b""
         return web.Response(body=body, content_type=NDJSON, headers=headers)
     body = b'{"Namespace":%s,"Peers":[%s],"Cookie":"%s","More":%s}' % (
-        json.dumps(_namespace_param(request)).encode(), b",".join(peers), found.cookie.encode(),
-        b"true" if found.more else b"false")
+        json.dumps(_namespace_param(request)).encode(), record.peers_json(stored, found.now_ms),
+        found.cookie.encode(), b"true" if found.more else b"false")
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
