@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 0.5
 READ_COUNT = 500  # entries per read of the stream
+SNAPSHOT_PART = 100  # peers in one `snapshot` event: a big namespace's snapshot comes in parts
 QUEUE_MAX = 2000  # events waiting for one slow watcher; past it the watcher resyncs
 RETRY_S = 0.25  # between attempts while Redis is unavailable
 JANITOR_INTERVAL_S = 1.0  # how soon a stream whose client hung up gives its places back
@@ -305,12 +306,14 @@ class Watch:
         while True:
             try:
                 if position is None:
-                    snapshot, at = await self._snapshot()
                     if resync:
                         yield self._counted(Event("resync", None, b"{}"))
                         resync = False
-                    yield snapshot
-                    position = at
+                    async for event in self._snapshot():
+                        resync = True  # should Redis fail before the last part: start the client afresh
+                        yield event
+                        position = event.id  # None until the last part
+                    resync = False
                 async for event in self._backlog(position):
                     position = event.id
                     yield event
@@ -334,20 +337,24 @@ class Watch:
             if len(entries) < READ_COUNT:
                 return
 
-    async def _snapshot(self) -> tuple[Event, str]:
-        """Every live peer of the namespace as one `snapshot` event, whose ID is the stream position read
-        before the peers: the events after it may repeat what the snapshot shows, never miss a change."""
-        store, limits = self.hub.store, self.hub.limits
+    async def _snapshot(self) -> AsyncIterator[Event]:
+        """Every live peer of the namespace as `snapshot` events of SNAPSHOT_PART peers each, all but the last
+        with `"More": true` and no ID, so a client resumes only from a whole snapshot. The last one's ID is
+        the stream position read before the peers: the events after it may repeat what the snapshot shows,
+        never miss a change. In parts, so a namespace of 200,000 peers costs a watcher one part of memory,
+        not the whole namespace's JSON at once."""
+        store = self.hub.store
         _, _, position, _ = await store.sweep(self.namespace)
-        peers, cursor = [], "0"
+        name, cursor = json.dumps(self.namespace).encode(), "0"
         while True:
-            page = await store.discover(self.namespace, cursor, limits.discover_limit_max, self.source)
-            peers += [record.peer_json(stored, page.now_ms) for stored in page.records]
+            page = await store.discover(self.namespace, cursor, SNAPSHOT_PART, self.source)
+            peers = b",".join(record.peer_json(stored, page.now_ms) for stored in page.records)
             cursor = page.cursor
-            if not page.more:
-                break
-        data = b'{"Namespace":%s,"Peers":[%s]}' % (json.dumps(self.namespace).encode(), b",".join(peers))
-        return self._counted(Event("snapshot", position, data)), position
+            if page.more:
+                yield Event("snapshot", None, b'{"Namespace":%s,"Peers":[%s],"More":true}' % (name, peers))
+            else:
+                yield self._counted(Event("snapshot", position, b'{"Namespace":%s,"Peers":[%s]}' % (name, peers)))
+                return
 
     async def _renew_lease(self) -> None:
         try:

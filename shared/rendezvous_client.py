@@ -50,6 +50,10 @@ class Snapshot:
     """Every peer of the namespace at the stream's position `event_id`: what the watcher knows is replaced."""
     entries: list["PeerEntry"]
     event_id: str | None
+    more: bool = False  # a part, with more to come (watch() yields whole snapshots only)
+
+
+RESYNC = Snapshot([], None, more=True)  # the server starts a snapshot afresh: the parts so far are void
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +165,7 @@ class RendezvousClient:
                                           status=response.status_code,
                                           retry_after=_retry_after(response.headers.get("Retry-After")))
                 event: dict[str, str] = {}
+                parts: list[PeerEntry] = []  # a snapshot's parts so far (it comes in parts of 100 peers)
                 async for line in response.aiter_lines():
                     if line:
                         field, _, value = line.partition(":")
@@ -168,7 +173,15 @@ class RendezvousClient:
                             event[field] = value.removeprefix(" ")
                         continue
                     for change in _changes(event):  # a blank line ends an event
-                        yield change
+                        if change is RESYNC:
+                            parts = []  # a snapshot begins again
+                        elif isinstance(change, Snapshot) and change.more:
+                            parts += change.entries
+                        elif isinstance(change, Snapshot):
+                            yield Snapshot(parts + change.entries, change.event_id)
+                            parts = []
+                        else:
+                            yield change
                     event = {}
         except httpx.HTTPError as exc:
             raise RendezvousError(f"GET /peers/watch: {type(exc).__name__}: {exc}") from None
@@ -209,7 +222,7 @@ def _json(response: httpx.Response) -> dict:
 
 
 def _changes(event: dict[str, str]) -> list[Change | Snapshot]:
-    """A Server-Sent Event of the watch stream as changes (`resync` only announces the snapshot after it)."""
+    """A Server-Sent Event of the watch stream as changes (`resync` announces a snapshot afresh: RESYNC)."""
     kind, data = event.get("event"), event.get("data")
     if not kind or data is None:
         return []  # a comment (heartbeat) or an event without data
@@ -220,10 +233,11 @@ def _changes(event: dict[str, str]) -> list[Change | Snapshot]:
         return []
     event_id = event.get("id")
     if kind == "resync":
-        return []
+        return [RESYNC]
     if kind == "snapshot":
         peers = body.get("Peers", []) if isinstance(body, dict) else []
-        return [Snapshot([e for item in peers if (e := _peer_entry(item)) is not None], event_id)]
+        more = isinstance(body, dict) and body.get("More") is True
+        return [Snapshot([e for item in peers if (e := _peer_entry(item)) is not None], event_id, more)]
     entry = _peer_entry(body)
     return [Change(kind, entry, event_id)] if entry is not None else []
 

@@ -371,3 +371,33 @@ async def test_a_draining_replica_ends_its_watch_streams_at_once(redis_server, h
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+async def test_a_big_namespace_snapshot_comes_in_parts_that_the_client_puts_together(replicas, http):
+    """250 peers: parts of 100, 100 and 50, only the last with an ID (a client resumes from whole snapshots
+    only), and the worker's client yields them as one Snapshot."""
+    a, b, _ = replicas
+    keys = [new_key() for _ in range(250)]
+    for start in range(0, len(keys), 25):
+        await asyncio.gather(*(register(http, a, key, "parts") for key in keys[start:start + 25]))
+    async with watching(http, b, "parts") as stream:
+        parts = [await stream.next() for _ in range(3)]
+    assert [len(p["data"]["Peers"]) for p in parts] == [100, 100, 50]
+    assert [p["data"].get("More") for p in parts] == [True, True, None]
+    assert [p.get("id") is not None for p in parts] == [False, False, True]
+    assert {peer["ID"] for p in parts for peer in p["data"]["Peers"]} == {peer_id(k) for k in keys}
+
+    from shared.identity import Identity
+    from shared.rendezvous_client import RendezvousClient, Snapshot
+    import trio
+
+    async def first_change():
+        client = RendezvousClient(b, Identity.from_seed(bytes(32)))
+        try:
+            async for change in client.watch("parts"):
+                return change
+        finally:
+            await client.aclose()
+    snapshot = await asyncio.to_thread(trio.run, first_change)
+    assert isinstance(snapshot, Snapshot) and snapshot.event_id == parts[-1]["id"]
+    assert sorted(e.peer_id for e in snapshot.entries) == sorted(peer_id(k) for k in keys)

@@ -115,9 +115,16 @@ const loaded = load().catch((err) => { fail(err.message); throw err })
 function watchHosts () {
   const source = new EventSource(`/peers/watch?namespace=${encodeURIComponent(config.namespace)}`)
   const peer = (event) => JSON.parse(event.data)
+  // a snapshot comes in parts of 100 peers ("More": true on all but the last); `resync` starts one afresh
+  let parts = []
+  source.addEventListener('resync', () => { parts = [] })
   source.addEventListener('snapshot', (event) => {
+    const part = peer(event)
+    parts.push(...part.Peers)
+    if (part.More) return
     hosts.clear()
-    for (const p of peer(event).Peers) hosts.set(p.ID, p)
+    for (const p of parts) hosts.set(p.ID, p)
+    parts = []
     renderHosts()
   })
   for (const kind of ['join', 'renew']) {
@@ -126,7 +133,7 @@ function watchHosts () {
   for (const kind of ['leave', 'expire']) {
     source.addEventListener(kind, (event) => { const p = peer(event); hosts.delete(p.ID); renderHosts(); hostGone(p.ID, kind) })
   }
-  source.onopen = () => show('watch', 'live', 'direct')
+  source.onopen = () => { parts = []; show('watch', 'live', 'direct') }  // a new connection: parts start over
   source.onerror = () => show('watch', 'reconnecting…', 'relayed')
 }
 
