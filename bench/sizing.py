@@ -142,8 +142,7 @@ async def register_all(store: Store, namespace: str, count: int, one_source: boo
     async def worker(start: int) -> None:
         for i in range(start, count, CONCURRENCY):
             source = "10.9.9.9" if one_source else f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
-            await store.count_request(source)  # as the registry does, before the body is read
-            await store.register(registration(namespace, i), source)
+            await store.register(registration(namespace, i), source)  # counts the request itself
 
     await asyncio.gather(*(worker(start) for start in range(CONCURRENCY)))
 

@@ -47,16 +47,15 @@ def spans() -> InMemorySpanExporter:
 
 async def test_rendezvous_metrics_move_with_registrations_and_redis_calls(redis_server, key_prefix):
     created = sample("rendezvous_registrations_total", outcome="created")
-    counted = sample("rendezvous_redis_round_trip_seconds_count", operation="rate")
-    redis_calls = sample("rendezvous_redis_round_trip_seconds_count", operation="hold+admit")
+    redis_calls = sample("rendezvous_redis_round_trip_seconds_count", operation="register")
     requests = sample("rendezvous_http_requests_total", route="/peers", method="POST", status="201")
     async with serve(make_settings(redis_server.url, key_prefix)) as http:
         response = await http.post("/peers", data=sign_registration(new_key(), "metrics", ["/ip4/1.2.3.4/tcp/1"], 60))
         assert response.status == 201
         metrics_text = await (await http.get("/metrics")).text()
     assert sample("rendezvous_registrations_total", outcome="created") == created + 1
-    assert sample("rendezvous_redis_round_trip_seconds_count", operation="rate") == counted + 1
-    assert sample("rendezvous_redis_round_trip_seconds_count", operation="hold+admit") == redis_calls + 1
+    # one round trip on a single node: counted, admitted and written by one script
+    assert sample("rendezvous_redis_round_trip_seconds_count", operation="register") == redis_calls + 1
     assert sample("rendezvous_http_requests_total", route="/peers", method="POST", status="201") == requests + 1
     assert 'rendezvous_live_peers{namespace="metrics"} 1.0' in metrics_text
 
@@ -167,8 +166,8 @@ def test_one_trace_spans_a_worker_registration_and_the_rendezvous(tmp_path, span
     assert server and server[0]["trace_id"] == trace_id and server[0]["parent_id"] == http_span
     assert server[0]["kind"] == "SERVER" and server[0]["attributes"]["http.response.status_code"] == 201
     redis = [s for s in theirs if s["name"].startswith("redis ") and s["trace_id"] == trace_id]
-    # counted first, then the source's quota and the peer admitted, then the namespace written
-    assert {s["parent_id"] for s in redis} == {server[0]["span_id"]} and len(redis) == 3
+    # one script on a single node: counted, the source's quota and the peer admitted, the namespace written
+    assert {s["parent_id"] for s in redis} == {server[0]["span_id"]} and len(redis) == 1
 
 
 def test_a_worker_log_line_inside_a_span_carries_it_and_one_outside_does_not(spans):
@@ -217,7 +216,7 @@ def test_rendezvous_log_lines_parse_and_carry_the_request_trace(tmp_path):
 
 # what a metric's last word may be: a counter counts (_total), a histogram measures in a base unit, and a
 # gauge says what it holds, in the plural (a gauge's noun may stand alone: rendezvous_watchers)
-UNITS = {"counter": {"total"}, "histogram": {"seconds", "bytes"}, "gauge": {"peers", "reservations", "watchers"}}
+UNITS = {"counter": {"total"}, "histogram": {"seconds", "bytes"}, "gauge": {"peers", "reservations", "watchers", "mappings"}}
 
 
 def test_metric_names_follow_role_thing_unit():
