@@ -142,7 +142,9 @@ func main() {
 	defer h.Close()
 	addrs := []string{}
 	for _, a := range h.Network().ListenAddresses() {
-		addrs = append(addrs, a.String())
+		if !isRelayed(a) { // the circuit transport "listens" on /p2p-circuit: not an address of ours
+			addrs = append(addrs, a.String())
+		}
 	}
 	emit(map[string]any{"event": "listening", "peer_id": h.ID().String(), "addrs": addrs})
 
