@@ -133,10 +133,10 @@ def _latency(out: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def sign_bodies(count: int, path: pathlib.Path) -> None:
+def sign_bodies(count: int, path: pathlib.Path, namespace: str = "bench-post") -> None:
     with path.open("wb") as f:
         for _ in range(count):
-            body = sign_registration(nacl.signing.SigningKey.generate(), "bench-post", list(ADDRS), 3600)
+            body = sign_registration(nacl.signing.SigningKey.generate(), namespace, list(ADDRS), 3600)
             f.write(b"%05d" % len(body) + body)
 
 

@@ -86,15 +86,16 @@ async def running(host: IHost, plan: ListenPlan) -> AsyncIterator[IHost]:
         yield host
 
 
-def _kind_of(addr: str) -> str:
+def transport_of(addr: str) -> str:
+    """quic, ws or tcp: the transport a (direct) multiaddr names."""
     return "quic" if "/quic" in addr else "ws" if "/ws" in addr else "tcp"
 
 
 def _check_listening(host: IHost, plan: ListenPlan) -> None:
     """py-libp2p 0.8.1 only prints to stderr when a listener cannot start (a port taken, say) and runs on
     without it: a node that cannot listen where told must stop loudly instead."""
-    listening = {_kind_of(str(a)) for a in host.get_transport_addrs() if not is_relayed(a)}
-    missing = [str(a) for a in plan.multiaddrs() if _kind_of(str(a)) not in listening]
+    listening = {transport_of(str(a)) for a in host.get_transport_addrs() if not is_relayed(a)}
+    missing = [str(a) for a in plan.multiaddrs() if transport_of(str(a)) not in listening]
     if missing:
         raise OSError(f"cannot listen on {', '.join(missing)} (is the port taken?)")
 

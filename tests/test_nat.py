@@ -90,6 +90,7 @@ def test_cone_nats_on_both_sides_end_hole_punched(lab, name):
         for seen in (dialer, dialed):
             assert seen["path"] == "hole-punched", story(lab, pair)
             assert seen["over"] == "direct" and seen["rtt_ms"] >= 4 * DELAY_MS, seen  # echoed over the punch
+            assert seen["transport"] == "tcp", seen  # these workers have no QUIC
         # the dialer went through the relay first, and says how long the upgrade took
         assert dialer["initiated_by"] == "us" and dialer["time_to_direct"] > 0, story(lab, pair)
         # its relay dial did not wait for the direct dials (whose SYNs the NAT drops) to time out

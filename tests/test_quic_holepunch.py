@@ -72,6 +72,7 @@ def assert_punched_over_quic(lab: NatLab, pair, seen) -> None:
     for event in seen:
         # the echo round trip ran over the direct connection, through both routers' delays
         assert event["path"] == "hole-punched" and event["over"] == "direct", story(lab, pair)
+        assert event["transport"] == "quic", event  # the worker's own account, beside the routers' below
         assert event["rtt_ms"] >= 4 * DELAY_MS, event
     assert direct_flows(lab, pair, "udp"), story(lab, pair)
     assert not direct_flows(lab, pair, "tcp"), direct_flows(lab, pair, "tcp")

@@ -67,7 +67,7 @@ class Connector:
             with tracing.span("connect", attributes={"peer": entry.peer_id}) as span:
                 try:
                     await self._establish(peer_id, entry, outcome, started, punching)
-                    rtt_ms, over = await self.prove(peer_id)
+                    rtt_ms, over, transport = await self.prove(peer_id)
                 except Exception as exc:  # any fault with this one peer ends this attempt, never the worker
                     span.set_status(StatusCode.ERROR, type(exc).__name__)
                     self.tracer.emit(events.ConnectFailed(entry.peer_id, f"{type(exc).__name__}: {exc}"))
@@ -75,7 +75,7 @@ class Connector:
                 finally:
                     span.set_attributes({"path": outcome.path, "initiated_by": outcome.initiated_by})
                 self.tracer.emit(events.Connected(entry.peer_id, outcome.path, outcome.initiated_by,
-                                                  round(time.monotonic() - started, 4), rtt_ms, over))
+                                                  round(time.monotonic() - started, 4), rtt_ms, over, transport))
 
     async def _establish(self, peer_id: ID, entry: PeerEntry, outcome: _Outcome, started: float,
                          punching: trio.Nursery) -> None:
@@ -240,18 +240,18 @@ class Connector:
         self.tracer.emit(events.StayedRelayed(str(peer_id)))
         return "relayed"
 
-    async def prove(self, peer_id: ID) -> tuple[float, str]:
-        """One echo round trip on a new stream -> (RTT in ms, the kind of connection it ran over); raises
-        when the peer does not answer."""
+    async def prove(self, peer_id: ID) -> tuple[float, str, str]:
+        """One echo round trip on a new stream -> (RTT in ms, the kind of connection it ran over, that
+        connection's transport); raises when the peer does not answer."""
         with trio.fail_after(ECHO_TIMEOUT):
             stream = await self.host.new_stream(peer_id, [echo.PROTOCOL])
-            over = stream_kind(self.host, stream)
+            over, transport = stream_kind(self.host, stream)
             client = echo.EchoClient(stream)
             try:
                 rtt = await client.round_trip()
             finally:
                 await client.close()
-        return round(rtt * 1000, 3), over
+        return round(rtt * 1000, 3), over, transport
 
 
 async def close_relayed(host: IHost, peer_id: ID) -> None:

@@ -30,6 +30,7 @@ class PeerPath:
     time_to_direct_seconds: float | None = None  # hole-punched only: relayed connection -> direct one
     rtt_ms: float | None = None
     over: str | None = None  # the kind of connection the last echo actually ran over
+    transport: str | None = None  # of the connection proven when the path was settled: quic, tcp, ws, relayed
     attempts: int = 0
     error: str | None = None
     updated: float = dataclasses.field(default_factory=time.time)
@@ -98,6 +99,7 @@ class Connected:
     seconds: float
     rtt_ms: float
     over: str
+    transport: str  # quic, tcp or ws; relayed when over a relay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,13 +209,15 @@ class Tracer:
         record = self.record(e.peer)
         record.path, record.initiated_by, record.connect_seconds = e.path, e.initiated_by, e.seconds
         record.rtt_ms, record.over, record.error, record.updated = e.rtt_ms, e.over, None, time.time()
+        record.transport = e.transport
         if e.path != "hole-punched":
             record.time_to_direct_seconds = None
         metrics.CONNECTIONS.labels(e.path).inc()
         metrics.CONNECT_SECONDS.labels(e.path).observe(e.seconds)
         metrics.ECHO_RTT.labels(e.over).observe(e.rtt_ms / 1000)
         self._count_paths()
-        self._line(logging.INFO, f"connected to {e.peer} path={e.path} rtt={e.rtt_ms} ms", "connected",
+        self._line(logging.INFO, f"connected to {e.peer} path={e.path} over {e.transport} rtt={e.rtt_ms} ms",
+                   "connected",
                    {**fields, "time_to_direct": record.time_to_direct_seconds})
 
     def _ConnectFailed(self, e: ConnectFailed, fields: dict) -> None:

@@ -32,7 +32,7 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.dcutr import MAX_OBSERVED_ADDRS, DCUtRProtocol
 
-from shared.host import ConnectionWatch, connections_to, is_relayed
+from shared.host import ConnectionWatch, connections_to, is_relayed, transport_of
 
 # One punch over QUIC: the dialer's handshake resends its Initial on its own timer (~0.3 s, doubling), so
 # the window spans a few of those; the spray stops as soon as a direct connection exists.
@@ -154,9 +154,12 @@ def connection_kinds(host: IHost, peer_id: ID) -> set[str]:
     return kinds
 
 
-def stream_kind(host: IHost, stream) -> str:
-    """Whether an open stream runs over a direct or a relayed connection."""
+def stream_kind(host: IHost, stream) -> tuple[str, str]:
+    """(direct | relayed, quic | ws | tcp | relayed): the kind of connection an open stream runs over, and
+    its transport."""
     for conn in connections_to(host, stream.muxed_conn.peer_id):
         if getattr(conn, "muxed_conn", None) is stream.muxed_conn:
-            return _kind(conn.get_transport_addresses())
-    return "unknown"
+            addrs = conn.get_transport_addresses()
+            kind = _kind(addrs)
+            return kind, (transport_of(str(addrs[0])) if kind == "direct" and addrs else kind)
+    return "unknown", "unknown"

@@ -387,7 +387,7 @@ class Worker:
         try:
             if not kinds:
                 raise ConnectionError("no connection is left")
-            rtt_ms, over = await self.connector.prove(peer)
+            rtt_ms, over, _ = await self.connector.prove(peer)
         except Exception as exc:
             self.tracer.emit(events.Lost(entry.peer_id, repr(exc)))
             return
