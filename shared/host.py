@@ -8,6 +8,7 @@ separate ports (js-libp2p's dials are dropped when they share one).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import socket
@@ -234,6 +235,50 @@ def _closing_with_goodbye(library_close):
     return close
 
 
+# py-libp2p 0.8.1 holds one of its max_connections - min_connections (300) inbound slots for every inbound
+# connection until the whole swarm stops: the handler that took the slot waits for the swarm, not for its
+# connection. So after 300 inbound connections since start (closed or not) every new one was reset, silently:
+# a relay refused every new peer (found by the interop benchmark, run 301). Here the handler's wait ends
+# when its own connection closes, which frees the slot (and the parked task).
+_INBOUND = contextvars.ContextVar("holepunch_inbound_connection", default=None)
+
+
+class _Inbound:
+    def __init__(self) -> None:
+        self.conn = None
+        self.added = trio.Event()
+
+
+def _add_conn_telling_inbound(add_conn):
+    async def add(self, muxed_conn, direction: str = "unknown"):
+        swarm_conn = await add_conn(self, muxed_conn, direction)
+        waiting = _INBOUND.get()  # set by the inbound handler of this very task, if it is one
+        if waiting is not None and direction == "inbound" and waiting.conn is None:
+            waiting.conn = swarm_conn
+            waiting.added.set()
+        return swarm_conn
+    return add
+
+
+def _inbound_until_closed(handle):
+    async def handle_inbound(self, read_write_closer, maddr, failure_event) -> None:
+        waiting = _Inbound()
+        token = _INBOUND.set(waiting)
+        try:
+            async with trio.open_nursery() as nursery:
+                async def until_closed() -> None:
+                    await waiting.added.wait()
+                    await waiting.conn.event_closed.wait()
+                    nursery.cancel_scope.cancel()  # the library's handler now waits for the swarm: end it
+                nursery.start_soon(until_closed)
+                await handle(self, read_write_closer, maddr, failure_event)
+                nursery.cancel_scope.cancel()  # it returned by itself (refused, failed, the swarm stopped)
+        finally:
+            _INBOUND.reset(token)
+    handle_inbound.frees_its_slot = True
+    return handle_inbound
+
+
 def install_library_patches() -> None:
     """Mend py-libp2p 0.8.1 (pinned) where it breaks us; called once at start by the runner (and by tests
     that build nodes in-process), never on import."""
@@ -242,6 +287,11 @@ def install_library_patches() -> None:
     from libp2p.transport.quic.connection import QUICConnection
     from libp2p.transport.quic.stream import QUICStream
 
+    from libp2p.network.swarm import Swarm
+
+    if not getattr(Swarm._do_handle_inbound_connection, "frees_its_slot", False):
+        Swarm._do_handle_inbound_connection = _inbound_until_closed(Swarm._do_handle_inbound_connection)
+        Swarm.add_conn = _add_conn_telling_inbound(Swarm.add_conn)
     dcutr._local_tcp_listen_addrs = _plain_tcp_listen_addrs
     QUICStream.get_remote_address = _quic_stream_remote_address
     identify._remote_address_to_multiaddr = _observed_multiaddr

@@ -240,3 +240,26 @@ def test_a_peer_that_leaves_is_dropped_at_once(rendezvous_url):
                     and not connection_kinds(first.host, ID.from_base58(second.peer_id)),
                     timeout=3, what="the first worker to drop the peer that left")
     run(body)
+
+
+def test_an_inbound_connection_that_closes_frees_its_slot():
+    """py-libp2p kept each inbound connection's slot until the host stopped: after max_connections -
+    min_connections (300) connections since start, every new one was reset. Here the cap is 3 and the
+    fourth, fifth and sixth connections still come in, each after the last one closed."""
+    async def body(nursery):
+        import trio
+        from libp2p.peer.peerinfo import PeerInfo
+
+        from shared.host import ConnectionWatch, ListenPlan, build_host, connections_to, running
+        plan = ListenPlan("127.0.0.1", 0, None, None)
+        server, client = build_host(new_identity(), plan), build_host(new_identity(), plan)
+        async with running(server, plan), running(client, plan):
+            server.get_network()._inbound_limiter.total_tokens = 3
+            watch = ConnectionWatch(server)
+            for attempt in range(6):
+                with trio.fail_after(5):
+                    await client.connect(PeerInfo(server.get_id(), server.get_addrs()))
+                assert await watch.wait_until(lambda: bool(connections_to(server, client.get_id())), 5), attempt
+                await client.disconnect(server.get_id())
+                assert await watch.wait_until(lambda: not connections_to(server, client.get_id()), 5), attempt
+    run(body)
