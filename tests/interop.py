@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
 import pathlib
 import shlex
 import subprocess
