@@ -70,7 +70,8 @@ def document(settings: Settings) -> dict:
             "/peers/watch": {
                 "get": {"summary": "Watch a namespace: its changes as Server-Sent Events (EventSource)",
                         "description": (
-                            "First a `snapshot` event (data: {Namespace, Peers}), or, with Last-Event-ID (an event "
+                            "First a snapshot: `snapshot` events of at most 100 peers each (data: {Namespace, "
+                            "Peers, More}; all but the last have More: true and no id), or, with Last-Event-ID (an event "
                             "ID from any replica) or a GET /peers `cookie`, the changes after that position. Then "
                             "`join`, `renew`, `leave`, `expire`, each with a Peer (TTL 0 for leave and expire) and "
                             "an `id:` to resume from. A position the namespace's events no longer hold (past "
