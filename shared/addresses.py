@@ -2,8 +2,8 @@
 
 Three sources: its listen addresses (a wildcard listen expanded to the machine's interface addresses),
 its relay reservations (`<relay>/p2p-circuit`), and the public address a relay observed for it, with the
-port predicted from the TCP listen port (NATs that preserve ports map the hole-punch dial, which leaves
-from the listen port, to that port).
+ports predicted from the TCP and QUIC listen ports (NATs that preserve ports map the hole-punch dial, which
+leaves from the listen port, to that port).
 """
 from __future__ import annotations
 
@@ -54,8 +54,10 @@ def observed_public_addrs(host: IHost, also_public: tuple[ipaddress.IPv4Network,
     manager = getattr(host, "_observed_addr_manager", None)
     if manager is None:
         return []
-    tcp_ports = [addr.value_for_protocol("tcp") for addr in host.get_transport_addrs()
-                 if "/tcp/" in str(addr) and "/ws" not in str(addr) and not is_relayed(addr)]
+    listening = [addr for addr in host.get_transport_addrs() if not is_relayed(addr)]
+    tcp_ports = [a.value_for_protocol("tcp") for a in listening if "/tcp/" in str(a) and "/ws" not in str(a)]
+    # QUIC's dials leave from its listen port too (shared/host.py), so the same prediction holds for UDP
+    quic_ports = [a.value_for_protocol("udp") for a in listening if "/quic" in str(a)]
     out = []
     for observed in manager.addrs(min_observers=1):
         try:
@@ -64,7 +66,8 @@ def observed_public_addrs(host: IHost, also_public: tuple[ipaddress.IPv4Network,
             continue
         if ip.is_global or any(ip in net for net in also_public):
             out.extend(f"/ip4/{ip}/tcp/{port}" for port in tcp_ports)
-    return out
+            out.extend(f"/ip4/{ip}/udp/{port}/quic-v1" for port in quic_ports)
+    return list(dict.fromkeys(out))
 
 
 def own_addrs(host: IHost, circuit_addrs: list[str], announce: tuple[str, ...] = (),

@@ -115,3 +115,18 @@ def test_a_stopping_node_closes_its_quic_connections():
 
     noticed_after = trio.run(main)
     assert noticed_after is not None, "the peer still holds the QUIC connection 5 s after the node stopped"
+
+
+@needs_lab
+def test_full_cone_nats_over_quic_connect_directly(lab):
+    """The observed public address is registered with the QUIC listen port too, so a full-cone NAT lets the
+    first QUIC dial in, before any relay (it was hole-punched when only TCP addresses were predicted)."""
+    full_cone = next(cell for cell in CELLS if cell.name == "full-cone")
+    pair = start_pair(lab, full_cone, "quic-full-cone", quic=True, tcp=False)
+    try:
+        seen = connected_events(lab, pair, 45.0)
+        dialer = next((e for e in seen if e is not None and e.get("initiated_by") == "us"), None)
+        assert dialer is not None, story(lab, pair)
+        assert dialer["path"] == "direct" and dialer["transport"] == "quic", story(lab, pair)
+    finally:
+        stop_pair(lab, pair)
