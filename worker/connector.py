@@ -87,7 +87,9 @@ class Connector:
             elif "direct" in kinds:  # it came through the relay, and its DCUtR already made it direct
                 outcome.path = "hole-punched"
             else:
-                outcome.path = await self._await_direct(peer_id, time.monotonic(), self.timeouts.holepunch, "them")
+                # as long as the peer's own wait for its punch (_upgrade): a second DCUtR round can land late
+                outcome.path = await self._await_direct(peer_id, time.monotonic(),
+                                                        self.timeouts.holepunch + PEER_DIAL_GRACE, "them")
             return
         # QUIC addresses first when we listen on QUIC: the hole punch's preference too (worker/holepunch.py)
         quic_first = listens_on_quic(self.host)
