@@ -124,11 +124,19 @@ function watchHosts () {
     if (part.More) return
     hosts.clear()
     for (const p of parts) hosts.set(p.ID, p)
+    for (const p of parts) conversations.get(p.ID)?.name()
     parts = []
     renderHosts()
   })
+  // a peer we already talk to may register only after it connected (a worker registers once its relay
+  // slot exists): its conversation is named again from what it registered
   for (const kind of ['join', 'renew']) {
-    source.addEventListener(kind, (event) => { const p = peer(event); hosts.set(p.ID, p); renderHosts() })
+    source.addEventListener(kind, (event) => {
+      const p = peer(event)
+      hosts.set(p.ID, p)
+      conversations.get(p.ID)?.name()
+      renderHosts()
+    })
   }
   for (const kind of ['leave', 'expire']) {
     source.addEventListener(kind, (event) => { const p = peer(event); hosts.delete(p.ID); renderHosts(); hostGone(p.ID, kind) })

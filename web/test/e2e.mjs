@@ -102,9 +102,12 @@ if (mode === 'host-for-worker') {
     await page.waitForFunction(() => document.body.dataset.state === 'hosting', null, { timeout: 30000 })
     console.log(JSON.stringify({ host: await page.textContent('#me') }))  // the harness starts the worker now
     await logHas(page, 'peer: hello from a worker')
-    // the worker is named as one (it registers TCP addresses), and who connected is said
-    const label = await page.textContent('button.conversation')
-    if (!label.startsWith('worker ')) throw new Error(`the worker's conversation reads "${label}"`)
+    // the worker is named as one (it registers TCP addresses; its registration may come just after it
+    // connected, and the conversation is named again then), and who connected is said
+    const named = await page.waitForFunction(
+      () => document.querySelector('button.conversation')?.textContent.startsWith('worker '), null, { timeout: 5000 }
+    ).then(() => true, () => false)
+    if (!named) throw new Error(`the worker's conversation reads "${await page.textContent('button.conversation')}"`)
     await page.fill('#message', 'hello to you too')
     await page.click('#send')
     await logHas(page, 'heard: hello to you too')
