@@ -297,15 +297,18 @@ class Worker:
             return
         if connection_kinds(self.host, ID.from_base58(peer_id)):
             peer_tasks.start_soon(self._drop, peer_id)
-        elif peer_id not in self._busy:
-            self.tracer.emit(events.Departed(peer_id))
+        else:
+            self._forget_if_gone(peer_id)
 
     def _forget_unlisted(self) -> None:
         """Forget the records of peers no longer listed to which no connection is left and which no task is
         tending (a peer that dialed us without registering keeps its record while it stays connected)."""
-        for peer_id in [p for p in self.peers if p not in self._known and p not in self._busy]:
-            if not connection_kinds(self.host, ID.from_base58(peer_id)):
-                self.tracer.emit(events.Departed(peer_id))
+        for peer_id in [p for p in self.peers if p not in self._known]:
+            self._forget_if_gone(peer_id)
+
+    def _forget_if_gone(self, peer_id: str) -> None:
+        if peer_id not in self._busy and not connection_kinds(self.host, ID.from_base58(peer_id)):
+            self.tracer.emit(events.Departed(peer_id))
 
     async def _drop(self, peer_id: str) -> None:
         try:
