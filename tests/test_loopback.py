@@ -263,3 +263,63 @@ def test_an_inbound_connection_that_closes_frees_its_slot():
                 await client.disconnect(server.get_id())
                 assert await watch.wait_until(lambda: not connections_to(server, client.get_id()), 5), attempt
     run(body)
+
+
+class _SocketReadWriter:
+    """A trio socket stream as py-libp2p's ReadWriteCloser (what a raw TCP connection is to it)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    async def read(self, n=None):
+        return await self.stream.receive_some(n or 65536)
+
+    async def write(self, data):
+        await self.stream.send_all(data)
+
+    async def close(self):
+        await self.stream.aclose()
+
+
+def test_a_stream_proposes_its_protocol_without_waiting_for_the_header():
+    """The dialer's multistream header and first proposal leave together, so a protocol is agreed in one
+    round trip (the library waited for the header's echo first: one more round trip over a relay). The
+    listener here answers nothing until it holds both. A refused first proposal falls back to the next,
+    against py-libp2p's own listener."""
+    async def body(nursery):
+        import trio
+        from libp2p.protocol_muxer.multiselect import Multiselect
+        from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+        from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+        from libp2p.utils import encode_delim
+
+        header, proposal = encode_delim(b"/multistream/1.0.0"), encode_delim(b"/echo/1.0.0")
+
+        dialer, listener = _socket_pair()
+        async def silent_until_both_arrive():
+            received = b""
+            with trio.fail_after(5):
+                while len(received) < len(header + proposal):
+                    received += await listener.receive_some(1024)
+            assert received == header + proposal
+            await listener.send_all(header + proposal)
+        nursery.start_soon(silent_until_both_arrive)
+        selected = await MultiselectClient().select_one_of(
+            ["/echo/1.0.0"], MultiselectCommunicator(_SocketReadWriter(dialer)), 5)
+        assert selected == "/echo/1.0.0"
+
+        dialer, listener = _socket_pair()
+        server = Multiselect({"/b/1.0.0": None})
+        nursery.start_soon(server.negotiate, MultiselectCommunicator(_SocketReadWriter(listener)))
+        selected = await MultiselectClient().select_one_of(
+            ["/a/1.0.0", "/b/1.0.0"], MultiselectCommunicator(_SocketReadWriter(dialer)), 5)
+        assert selected == "/b/1.0.0"
+    run(body, timeout=20)
+
+
+def _socket_pair():
+    import socket
+
+    import trio
+    a, b = socket.socketpair()
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
