@@ -256,7 +256,7 @@ class NatLab:
         self.nat[side] = nat
 
     def start_igd(self, side: str) -> str:
-        """Debian's miniupnpd on router `side` (a or b): UPnP IGD and NAT-PMP for its LAN, in secure mode (a
+        """Debian's miniupnpd on router `side` (a or b): UPnP IGD, PCP and NAT-PMP for its LAN, in secure mode (a
         host maps ports to itself only), external address IGD_PUBLIC_IPS[side]. Returns its process name;
         `igd_rules` shows the mappings it holds. Its rules sit in an nft table of their own, beside the NAT's
         iptables rules, which `set_nat` may replace meanwhile."""
@@ -284,7 +284,9 @@ class NatLab:
             f"upnp_table_name={IGD_TABLE}", f"upnp_nat_table_name={IGD_TABLE}",
             "upnp_forward_chain=forward_miniupnpd", "upnp_nat_chain=prerouting_miniupnpd",
             "upnp_nat_postrouting_chain=postrouting_miniupnpd", f"lease_file={self.dir / f'{name}.leases'}",
-            f"allow 1024-65535 {site.gateway}/{site.prefix} 1024-65535", "deny 0-65535 0.0.0.0/0 0-65535", ""]))
+            f"allow 1024-65535 {site.gateway}/{site.prefix} 1024-65535", "deny 0-65535 0.0.0.0/0 0-65535",
+            # PCP leases are at least 120 s by default (RFC 6887's advice); the tests renew 10 s leases
+            "min_lifetime=10", ""]))
         self.start(name, router, ["miniupnpd", "-d", "-f", str(conf), "-P", str(self.dir / f"{name}.pid")], {})
         deadline = time.monotonic() + 10
         while "Listening for NAT-PMP" not in self.log_text(name):

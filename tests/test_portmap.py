@@ -1,4 +1,4 @@
-"""Port mapping (worker/portmap.py) against Debian's miniupnpd on a NAT-lab router: the NAT-PMP and UPnP
+"""Port mapping (worker/portmap.py) against Debian's miniupnpd on a NAT-lab router: the PCP, NAT-PMP and UPnP
 clients map, renew and delete (the router's nft rules and lease file show it); behind a symmetric NAT
 whose router maps, a peer dials the worker directly; auto without a mapping gateway logs once and goes on."""
 from __future__ import annotations
@@ -41,7 +41,10 @@ def ask(lab: NatLab, host: str, *request) -> dict:
     code = ("import dataclasses, json, sys, trio\n"
             "from worker.portmap import Mapping, NatPmpClient, UpnpClient\n"
             "protocol, action, transport, port, lease, external = json.loads(sys.argv[1])\n"
-            "client = NatPmpClient() if protocol == 'natpmp' else UpnpClient()\n"
+            "client = UpnpClient() if protocol == 'upnp' else NatPmpClient()\n"
+            "client.pcp = protocol == 'pcp'  # NAT-PMP's own messages, to a gateway that also speaks PCP\n"
+            "# each call is a process of its own: PCP's nonce is kept across them, as one worker keeps it\n"
+            "client._nonces = {(transport, port): (transport + str(port)).encode().ljust(12, b'.')}\n"
             "if action == 'map':\n"
             "    mapping = trio.run(client.map, transport, port, lease, external)\n"
             "else:\n"
@@ -66,10 +69,12 @@ def dnat_rule(transport: str, port: int) -> re.Pattern:
 
 
 @needs_lab
-@pytest.mark.parametrize("protocol,transport,port", [("natpmp", "tcp", 4300), ("natpmp", "udp", 4301),
+@pytest.mark.parametrize("protocol,transport,port", [("pcp", "tcp", 4304), ("pcp", "udp", 4305),
+                                                     ("natpmp", "tcp", 4300), ("natpmp", "udp", 4301),
                                                      ("upnp", "tcp", 4302), ("upnp", "udp", 4303)])
 def test_the_gateway_maps_renews_and_deletes(lab, protocol, transport, port):
     mapped = ask(lab, "a", protocol, "map", transport, port, 60, None)
+    assert mapped["protocol"] == protocol
     assert (mapped["external_ip"], mapped["external_port"], mapped["lease_seconds"]) == (PUBLIC, port, 60)
     assert dnat_rule(transport, port).search(lab.igd_rules("a")), lab.igd_rules("a")
     first_expiry = lease_expiry(lab, transport, port)
@@ -147,7 +152,7 @@ def started(lab: NatLab, name: str) -> dict:
 
 
 @needs_lab
-@pytest.mark.parametrize("mode,protocol,quic", [("auto", "natpmp", False), ("upnp", "upnp", True)])
+@pytest.mark.parametrize("mode,protocol,quic", [("auto", "pcp", False), ("upnp", "upnp", True)])
 def test_behind_a_symmetric_nat_that_maps_a_peer_dials_the_worker_directly(lab, mode, protocol, quic):
     lab.set_nat("a", Nat.SYMMETRIC)  # endpoint-dependent: no hole punch could work here (the matrix's cells)
     lab.set_nat("b", Nat.PORT_RESTRICTED)  # and router B maps nothing
@@ -219,3 +224,40 @@ def test_only_the_tcp_and_quic_listeners_off_loopback_are_mapped():
     assert listen_ports([f"/ip4/127.0.0.1/tcp/4001{peer}", "/ip4/127.0.0.1/udp/4003/quic-v1"]) == []
     assert listen_ports([f"/ip4/10.1.1.2/tcp/4100{peer}", "/ip4/10.1.1.2/tcp/5100/ws", "/ip4/0.0.0.0/udp/7100/quic-v1",
                          f"/ip4/198.51.100.1/tcp/4001/p2p/{peer[5:]}/p2p-circuit"]) == [("tcp", 4100), ("udp", 7100)]
+
+
+def test_a_gateway_that_knows_only_nat_pmp_is_asked_in_nat_pmp_from_then_on():
+    """RFC 6887 section 9: a NAT-PMP gateway answers a PCP request with its own "unsupported version"; the
+    client then speaks NAT-PMP. miniupnpd speaks both, so this gateway is a socket on loopback that answers
+    as RFC 6886 section 3.5 says a NAT-PMP gateway does, and refuses NAT-PMP's address request."""
+    import socket
+    import threading
+
+    import trio
+
+    from worker.portmap import MappingError, NatPmpClient
+    gateway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gateway.bind(("127.0.0.77", 5351))
+    gateway.settimeout(10)
+    asked: list[bytes] = []
+
+    def answer() -> None:
+        for _ in range(2):
+            request, source = gateway.recvfrom(1100)
+            asked.append(request)
+            if request[0] != 0:  # PCP (version 2): "unsupported version", in NAT-PMP's format
+                gateway.sendto(bytes([0, 128 + request[1], 0, 1]) + (7).to_bytes(4, "big"), source)
+            else:  # NAT-PMP's external-address request: refused, "network failure"
+                gateway.sendto(bytes([0, 128, 0, 3]) + (7).to_bytes(4, "big") + bytes(4), source)
+    helper = threading.Thread(target=answer, daemon=True)
+    helper.start()
+    client = NatPmpClient("127.0.0.77")
+    try:
+        with pytest.raises(MappingError, match="the gateway refused: network failure"):
+            trio.run(client.map, "tcp", 4400, 60, None)
+    finally:
+        helper.join(5)
+        gateway.close()
+    assert [request[0] for request in asked] == [2, 0]  # PCP first, then NAT-PMP
+    assert len(asked[0]) == 60 and asked[0][1] == 1  # a PCP MAP request (RFC 6887 sections 7.1, 11.1)
+    assert asked[1] == bytes([0, 0]) and client.pcp is False

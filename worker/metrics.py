@@ -17,7 +17,8 @@ TIME_TO_DIRECT = Histogram("worker_holepunch_time_to_direct_seconds",
 ECHO_RTT = Histogram("worker_echo_rtt_seconds", "Round-trip time of our echo protocol, by connection kind",
                      ["over"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
 RELAY_RESERVATIONS = Gauge("worker_relay_reservations", "Relays we hold a reservation with")
-PORT_MAPPINGS = Gauge("worker_port_mappings", "Ports the gateway forwards to us, by protocol (natpmp, upnp)",
+PORT_MAPPINGS = Gauge("worker_port_mappings", "Ports the gateway forwards to us, by client (natpmp: PCP or "
+                      "NAT-PMP; upnp)",
                       ["protocol"])
 PORT_MAPPING_ATTEMPTS = Counter("worker_port_mapping_attempts_total",
                                 "Requests to map or renew our listen ports at the gateway, by protocol and outcome",

@@ -1,10 +1,13 @@
 """Port mapping at the gateway (the plan's NATPortMap()): the worker asks its router to forward its TCP and
-QUIC (UDP) listen ports, by NAT-PMP (RFC 6886) or UPnP IGD, and registers the mapped public address.
+QUIC (UDP) listen ports, by PCP (RFC 6887), NAT-PMP (RFC 6886) or UPnP IGD, and registers the mapped public
+address.
 
 A forwarded port is reachable from anywhere whatever the NAT does to our outgoing connections, so a worker
 behind a symmetric NAT, where hole punching cannot work, is still dialed directly.
 
-PORT_MAPPING=auto tries NAT-PMP first, then UPnP. NAT-PMP is one UDP round trip to the default gateway, and
+PORT_MAPPING=auto tries NAT-PMP first, then UPnP. NAT-PMP is one UDP round trip to the default gateway (its
+client speaks PCP, NAT-PMP's successor on the same port, and falls back to NAT-PMP's own messages when the
+gateway answers that it knows only those), and
 a router without it answers at once with ICMP port unreachable or stays silent for NATPMP_TRIES short
 waits; UPnP always waits out an SSDP multicast search (UPNP_DISCOVERY_MS) and then makes three HTTP/SOAP
 requests. Routers offering both (miniupnpd, most home routers) are served by the quicker one, and the one
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import random
 import socket
 import struct
@@ -35,7 +39,7 @@ from worker import metrics
 log = logging.getLogger("worker.portmap")
 
 MODES = ("auto", "upnp", "natpmp", "off")
-NATPMP, UPNP = "natpmp", "upnp"
+NATPMP, PCP, UPNP = "natpmp", "pcp", "upnp"
 DESCRIPTION = "holepunch-services worker"  # the label an operator sees in the router's mapping table
 RETRY_FIRST, RETRY_CEILING = 5.0, 600.0
 RELEASE_TIMEOUT = 5.0  # on SIGTERM: Cloud Run and systemd give ~10 s before SIGKILL, shared with unregistering
@@ -48,6 +52,13 @@ NATPMP_FIRST_WAIT, NATPMP_TRIES = 0.25, 4
 _OP_ADDRESS, _OP_MAP = 0, {"udp": 1, "tcp": 2}
 _RESULTS = {1: "unsupported version", 2: "not authorized or refused", 3: "network failure",
             4: "out of resources", 5: "unsupported opcode"}
+# PCP (RFC 6887): version 2, the MAP opcode, and its result codes (section 7.4)
+_PCP_VERSION, _PCP_MAP, _PCP_PROTOCOLS = 2, 1, {"tcp": 6, "udp": 17}
+_PCP_RESULTS = {1: "unsupported version", 2: "not authorized", 3: "malformed request", 4: "unsupported opcode",
+                5: "unsupported option", 6: "malformed option", 7: "network failure", 8: "out of resources",
+                9: "unsupported protocol", 10: "user over quota", 11: "cannot provide that external address",
+                12: "address mismatch (a NAT between us and the gateway)", 13: "too many remote peers"}
+_UNSUPPORTED_VERSION = 1
 
 UPNP_DISCOVERY_MS = 1000  # how long the SSDP search listens for gateways
 UPNP_CONFLICT_TRIES = 3  # our own port first, then random ones when another host holds it
@@ -139,19 +150,33 @@ def default_gateway() -> str | None:
     return None
 
 
+class _OnlyNatPmp(Exception):
+    """The gateway answered a PCP request with NAT-PMP's "unsupported version": it speaks NAT-PMP only."""
+
+
 class NatPmpClient:
-    """NAT-PMP over UDP to the gateway's port 5351. The socket is connected to the gateway, so the kernel
-    drops answers from anyone else (RFC 6886 section 3.1: only the gateway's answers count)."""
+    """PCP, or NAT-PMP where the gateway knows only that, over UDP to the gateway's port 5351. The socket is
+    connected to the gateway, so the kernel drops answers from anyone else (RFC 6886 section 3.1, RFC 6887
+    section 8.3: only the gateway's answers count). Mappings say which of the two made them."""
     name = NATPMP
 
     def __init__(self, gateway: str | None = None):
         self.gateway = gateway
-
-    async def external_address(self) -> str:
-        answer = await self._ask(struct.pack("!BB", 0, _OP_ADDRESS), _OP_ADDRESS, 12)
-        return socket.inet_ntoa(answer[8:12])
+        self.pcp = True  # until the gateway says it knows NAT-PMP only (RFC 6887 section 9)
+        # PCP ties a mapping to a random nonce: renewing or deleting it needs the same one (section 11.1)
+        self._nonces: dict[tuple[str, int], bytes] = {}
 
     async def map(self, transport: str, internal_port: int, lease: int, external_port: int | None) -> Mapping:
+        if self.pcp:
+            try:
+                port, ip, granted = await self._pcp_map(transport, internal_port, external_port or internal_port,
+                                                        lease)
+                if granted == 0:
+                    raise MappingError("the gateway granted a lease of 0 s")
+                return _mapping(PCP, transport, internal_port, ip, port, granted)
+            except _OnlyNatPmp:
+                self.pcp = False
+                log.debug("port mapping: the gateway speaks NAT-PMP, not PCP", extra={"gateway": self.gateway})
         ip = await self.external_address()
         granted_port, granted = await self._map(transport, internal_port, external_port or internal_port, lease)
         if granted == 0:
@@ -159,18 +184,57 @@ class NatPmpClient:
         return _mapping(NATPMP, transport, internal_port, ip, granted_port, granted)
 
     async def unmap(self, mapping: Mapping) -> None:
-        # section 3.4: a request with lifetime 0 and external port 0 deletes the mapping
-        await self._map(mapping.transport, mapping.internal_port, 0, 0)
+        # PCP section 15 and NAT-PMP section 3.4: a lifetime of 0 deletes the mapping
+        if mapping.protocol == PCP:
+            try:
+                await self._pcp_map(mapping.transport, mapping.internal_port, 0, 0)
+            finally:
+                self._nonces.pop((mapping.transport, mapping.internal_port), None)
+        else:
+            await self._map(mapping.transport, mapping.internal_port, 0, 0)
+
+    async def external_address(self) -> str:
+        answer = await self._ask(struct.pack("!BB", 0, _OP_ADDRESS), _natpmp_answer(_OP_ADDRESS, 12))
+        return socket.inet_ntoa(answer[8:12])
 
     async def _map(self, transport: str, internal: int, suggested: int, lease: int) -> tuple[int, int]:
         op = _OP_MAP[transport]
-        answer = await self._ask(struct.pack("!BBHHHI", 0, op, 0, internal, suggested, lease), op, 16)
+        answer = await self._ask(struct.pack("!BBHHHI", 0, op, 0, internal, suggested, lease), _natpmp_answer(op, 16))
         _, _, _, _, echoed, external, granted = struct.unpack("!BBHIHHI", answer[:16])
         if echoed != internal:
             raise MappingError(f"the gateway answered for port {echoed}, not {internal}")
         return external, granted
 
-    async def _ask(self, request: bytes, op: int, size: int) -> bytes:
+    async def _pcp_map(self, transport: str, internal: int, suggested: int, lease: int) -> tuple[int, str, int]:
+        """A PCP MAP request (sections 7.1 and 11.1) -> (external port, external IPv4, lease granted)."""
+        nonce = self._nonces.setdefault((transport, internal), os.urandom(12))
+        protocol = _PCP_PROTOCOLS[transport]
+
+        def request(own_ip: str) -> bytes:
+            # the header carries our own address as the gateway sees it (a NAT between would be refused), and
+            # the suggested external address ::ffff:0.0.0.0 asks for an IPv4 mapping without naming one
+            return (struct.pack("!BBHI", _PCP_VERSION, _PCP_MAP, 0, lease) + _v4_mapped(own_ip)
+                    + nonce + struct.pack("!B3xHH", protocol, internal, suggested) + _v4_mapped("0.0.0.0"))
+
+        def result(answer: bytes) -> int | None:
+            if len(answer) >= 4 and answer[0] == 0 and answer[3] == _UNSUPPORTED_VERSION:
+                raise _OnlyNatPmp  # a NAT-PMP gateway's answer to any version it does not know
+            if len(answer) >= 60 and answer[0] == _PCP_VERSION and answer[1] == 128 + _PCP_MAP \
+                    and answer[24:36] == nonce:
+                return answer[3]
+            return None  # a stray answer to an earlier request
+
+        answer = await self._ask(request, result, _PCP_RESULTS)
+        lifetime = struct.unpack("!I", answer[4:8])[0]
+        answered_protocol, echoed, external = struct.unpack("!B3xHH", answer[36:44])
+        if (answered_protocol, echoed) != (protocol, internal):
+            raise MappingError(f"the gateway answered for {answered_protocol}/{echoed}, not {protocol}/{internal}")
+        return external, str(ipaddress.IPv6Address(answer[44:60]).ipv4_mapped or "::"), lifetime
+
+    async def _ask(self, request, result, results: dict = _RESULTS) -> bytes:
+        """Send `request` (bytes, or a function of our own address) to the gateway, doubling the wait
+        between tries, until an answer has a `result` code (None: not an answer to this request); a nonzero
+        one is a refusal."""
         gateway = self.gateway or default_gateway()
         if gateway is None:
             raise MappingError("no IPv4 default gateway to ask")
@@ -178,21 +242,29 @@ class NatPmpClient:
         try:
             with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 await sock.connect((gateway, NATPMP_PORT))
+                payload = request(sock.getsockname()[0]) if callable(request) else request
                 for _ in range(NATPMP_TRIES):
-                    await sock.send(request)
+                    await sock.send(payload)
                     with trio.move_on_after(wait):
-                        while True:
-                            answer = await sock.recv(64)
-                            if len(answer) >= size and answer[0] == 0 and answer[1] == 128 + op:
-                                break  # else a stray answer to an earlier request: keep listening
-                        result = struct.unpack("!H", answer[2:4])[0]
-                        if result:
-                            raise MappingError(f"the gateway refused: {_RESULTS.get(result, result)}")
+                        while (code := result(answer := await sock.recv(1100))) is None:  # PCP's largest
+                            pass
+                        if code:
+                            raise MappingError(f"the gateway refused: {results.get(code, code)}")
                         return answer
                     wait *= 2
         except OSError as exc:  # ICMP port unreachable arrives as ECONNREFUSED: no NAT-PMP there
-            raise MappingError(f"{gateway}:{NATPMP_PORT} does not answer NAT-PMP ({exc.strerror})") from None
-        raise MappingError(f"{gateway}:{NATPMP_PORT} did not answer NAT-PMP in {NATPMP_TRIES} tries")
+            raise MappingError(f"{gateway}:{NATPMP_PORT} does not answer NAT-PMP or PCP ({exc.strerror})") from None
+        raise MappingError(f"{gateway}:{NATPMP_PORT} did not answer NAT-PMP or PCP in {NATPMP_TRIES} tries")
+
+
+def _natpmp_answer(op: int, size: int):
+    """The result code of NAT-PMP's answer to opcode `op`, or None for any other datagram."""
+    return lambda answer: (struct.unpack("!H", answer[2:4])[0]
+                           if len(answer) >= size and answer[0] == 0 and answer[1] == 128 + op else None)
+
+
+def _v4_mapped(ip: str) -> bytes:
+    return ipaddress.IPv6Address(f"::ffff:{ip}").packed
 
 
 # --- UPnP IGD (miniupnpc) --------------------------------------------------------------------------------------
@@ -291,7 +363,7 @@ class PortMapper:
         return [m.addr for m in self.mappings]
 
     def status(self) -> dict:
-        return {"mode": self.mode, "protocol": self._held_by.name if self.mappings and self._held_by else None,
+        return {"mode": self.mode, "protocol": self.mappings[0].protocol if self.mappings else None,
                 "mappings": [m.as_json() for m in self.mappings], "error": self.error}
 
     async def run(self, ports: list[tuple[str, int]]) -> None:
@@ -362,12 +434,13 @@ class PortMapper:
         changed = client is not self._held_by or [m.addr for m in mappings] != self.addrs()
         self._held_by, self.mappings, self.error = client, mappings, None
         self._gauge()
-        fields = {"event": "port_mapped" if changed else "port_mapping_renewed", "protocol": client.name,
+        protocol = mappings[0].protocol  # pcp or natpmp by the NAT-PMP client
+        fields = {"event": "port_mapped" if changed else "port_mapping_renewed", "protocol": protocol,
                   "external_addrs": self.addrs(), "lease_seconds": min(m.lease_seconds for m in mappings),
                   "seconds": round(seconds, 3)}
         verb = "holding" if changed else "renewed"
         log.log(logging.INFO if changed else logging.DEBUG,
-                f"port mapping: {verb} {', '.join(self.addrs())} by {client.name}", extra=fields)
+                f"port mapping: {verb} {', '.join(self.addrs())} by {protocol}", extra=fields)
 
     def _failed(self, error: str, retry_in: float) -> None:
         lost, self.mappings, self.error = self.mappings, [], error

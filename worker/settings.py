@@ -71,7 +71,8 @@ OPTIONS = [
     Option("--holepunch", "HOLEPUNCH", boolean, "true", "upgrade relayed connections to direct ones with DCUtR"),
     Option("--port-mapping", "PORT_MAPPING", port_mapping_mode, "auto",
            "ask the gateway to forward our TCP and QUIC ports and register the mapped address: auto (NAT-PMP, "
-           "then UPnP; logs once when neither answers), natpmp, upnp or off"),
+           "then UPnP; logs once when neither answers), natpmp (PCP, or NAT-PMP where the gateway has only "
+           "that), upnp or off"),
     Option("--port-mapping-lease", "PORT_MAPPING_LEASE", integer(10, 604800), "7200",
            "seconds of lease asked for each port mapping (RFC 6886 recommends 7200); renewed at half"),
     Option("--chat-greeting", "CHAT_GREETING", str, "",
