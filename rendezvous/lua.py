@@ -316,17 +316,20 @@ for i = 1, #info, 2 do if info[i] == 'max-deleted-entry-id' then deleted = info[
 return {#dead, first, last, deleted}
 """
 
-# KEYS: the source's open watch streams.  ARGV: watcher ID, lease ms, cap (0: renew the lease only).
+# KEYS: the source's open watch streams.  ARGV: lease ms, cap, then watcher IDs: with a cap, take a place for
+# the one ID given; with cap 0, renew the leases of the IDs given that still hold one (a replica's heartbeat).
 # -> 1 admitted (or renewed), 0 refused: the source holds its cap of watch streams on all replicas together.
 # A lease, not a count: a replica that dies without closing its streams frees their places when they lapse.
 WATCHER = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local cap = tonumber(ARGV[3])
-if cap > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= cap then
-  return 0
-end
-if cap > 0 or redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local expires, cap = now + tonumber(ARGV[1]), tonumber(ARGV[2])
+if cap > 0 then
+  if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= cap then
+    return 0
+  end
+  redis.call('ZADD', KEYS[1], expires, ARGV[3])
+else
+  for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expires, ARGV[i]) end
 end
 local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if latest[2] then redis.call('PEXPIREAT', KEYS[1], latest[2]) end

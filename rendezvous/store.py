@@ -53,6 +53,7 @@ METRICS_MAX_NAMESPACES = 200  # bound the label cardinality of the live-peers ga
 LIMITED_SOURCES_MAX = 100_000  # sources remembered over their rate limit (refuse_if_limited), at most
 SWEEP_LIMIT = 1000  # expiries one sweep tells of; the rest wait for the next sweep, half a second later
 READ_SOCKET_TIMEOUT_S = 10.0  # above any XREAD BLOCK the watchers ask for (watch.py READ_BLOCK_MS)
+RENEW_CHUNK = 1000  # watch-stream leases renewed by one script call
 # Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
 # Redis lacks (after a restart or SCRIPT FLUSH) is a NOSCRIPT reply, never a name missing on our side.
 _SHA = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in lua.ALL.items()}
@@ -176,7 +177,8 @@ class Store:
 
     async def _execute(self, batch: "_Batch") -> list:
         """One round trip to Redis, timed and traced; a failed one counted and turned into a 503."""
-        operation = "+".join(batch.names)  # a handful of fixed combinations: rate+register, rate+discover, ...
+        # a handful of fixed combinations (rate+register, rate+discover, ...), a repeated step named once
+        operation = "+".join(dict.fromkeys(batch.names))
         with tracing.span(f"redis {operation}", SpanKind.CLIENT, {"db.system": "redis", "db.operation.name": operation}):
             started = time.perf_counter()
             try:
@@ -500,10 +502,27 @@ class Store:
         return [(_text(entry_id), fields.get(b"e", b""), fields.get(b"r", b"")) for entry_id, fields in entries]
 
     async def hold_watcher(self, source: str, watcher: str, cap: int, lease_ms: int) -> bool:
-        """Take (cap > 0) or renew (cap 0) a lease on one of the source's places for watch streams."""
+        """Take a lease on one of the source's places for watch streams, if it holds fewer than `cap`."""
         [admitted] = await self._pipeline(lambda batch: batch.script(
-            "watcher", [self.keys.watchers(source)], watcher, lease_ms, cap))
+            "watcher", [self.keys.watchers(source)], lease_ms, cap, watcher))
         return bool(admitted)
+
+    async def renew_watchers(self, by_source: dict[str, list[str]], lease_ms: int) -> None:
+        """Renew the leases of these watchers, by source, in one round trip."""
+        def build(batch: _Batch) -> None:
+            for source, watchers in by_source.items():
+                for at in range(0, len(watchers), RENEW_CHUNK):
+                    batch.script("watcher", [self.keys.watchers(source)], lease_ms, 0,
+                                 *watchers[at:at + RENEW_CHUNK])
+        await self._pipeline(build)
+
+    async def sweep_all(self, namespaces: list[str]) -> list[tuple[int, str, str, str]]:
+        """`sweep` for each of these namespaces, in one round trip."""
+        def build(batch: _Batch) -> None:
+            for namespace in namespaces:
+                batch.script("sweep", self.keys.namespace(namespace).all(), SWEEP_LIMIT, *self._event_bounds())
+        return [(expired, _text(first), _text(last), _text(trimmed))
+                for expired, first, last, trimmed in await self._pipeline(build)]
 
     async def release_watcher(self, source: str, watcher: str) -> None:
         await self._undo([("ZREM", self.keys.watchers(source), watcher)])

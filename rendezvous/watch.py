@@ -7,10 +7,14 @@ the same stream. The stream is bounded (WATCH_STREAM_MAX_EVENTS entries, WATCH_R
 watcher whose position is no longer covered gets `resync` and a fresh snapshot, never a silent gap.
 
 On one replica, one reader per watched namespace (a `_Feed`) waits on the stream with XREAD BLOCK, on a
-connection of its own, and hands each event to that namespace's watchers here. The same reader sweeps the
-namespace about twice a second: a Lua step that removes the expired registrations and writes their
-`expire` events atomically, so every replica watching may sweep, none is needed, and each expiry is told
-exactly once. An expiry is told within SWEEP_INTERVAL_S (plus a read) while any replica watches.
+connection of its own, and hands each event to that namespace's watchers here. The replica sweeps every
+namespace it watches about twice a second, all in one round trip: a Lua step per namespace that removes the
+expired registrations and writes their `expire` events atomically, so every replica watching may sweep,
+none is needed, and each expiry is told exactly once. An expiry is told within SWEEP_INTERVAL_S (plus a
+read) while any replica watches: the `expire` entries wake the readers' XREAD like any other.
+
+Idle watchers cost little: the readers' XREADs wait READ_BLOCK_MS between wake-ups, and the places the
+watchers hold in their sources' caps are renewed by one round trip per heartbeat for the whole replica.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from rendezvous import metrics, record
 from rendezvous.store import Store, StoreUnavailable
@@ -31,6 +35,7 @@ from shared.errors import ApiError, ErrorCode
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 0.5
+READ_BLOCK_MS = 5000  # a reader's XREAD wait, under the reader connection's socket timeout (store.py)
 READ_COUNT = 500  # entries per read of the stream
 SNAPSHOT_PART = 100  # peers in one `snapshot` event: a big namespace's snapshot comes in parts
 QUEUE_MAX = 2000  # events waiting for one slow watcher; past it the watcher resyncs
@@ -92,24 +97,15 @@ class _Feed:
         self.task: asyncio.Task | None = None
 
     async def run(self) -> None:
-        store, loop = self.hub.store, asyncio.get_running_loop()
-        next_sweep = loop.time() + SWEEP_INTERVAL_S
+        store = self.hub.store
         failing = False
         while self.queues:
             try:
-                if failing or loop.time() >= next_sweep:
-                    next_sweep = loop.time() + SWEEP_INTERVAL_S
-                    _, first, last, trimmed = await store.sweep(self.namespace)
-                    if not covered(self.position, first, last, trimmed):
-                        log.info("watch: the stream no longer holds this replica's position; watchers resync",
-                                 extra={"namespace": self.namespace})
-                        self.position = last
-                        self.broadcast(_RESYNC)
-                    if failing:
-                        log.info("watch: reading the namespace's events again", extra={"namespace": self.namespace})
+                if failing:  # the stream may have gone with Redis: see where this replica stands before reading
+                    self.check(*(await store.sweep(self.namespace))[1:])
+                    log.info("watch: reading the namespace's events again", extra={"namespace": self.namespace})
                     failing = False
-                block_ms = max(1, int((next_sweep - loop.time()) * 1000))
-                entries = await store.read_events(self.namespace, self.position, READ_COUNT, block_ms=block_ms)
+                entries = await store.read_events(self.namespace, self.position, READ_COUNT, block_ms=READ_BLOCK_MS)
             except ApiError as exc:  # Redis unavailable: the watchers stay connected, and resume once it is back
                 if not failing:
                     log.warning("watch: cannot read the namespace's events (%s); retrying", exc.message,
@@ -120,8 +116,19 @@ class _Feed:
             for entry, kind, stored in entries:
                 if kind in CHANGES:
                     self.broadcast((entry, kind, stored))
-            if entries:
+            if entries and entry_id(entries[-1][0]) > entry_id(self.position):  # a resync may have moved it on
                 self.position = entries[-1][0]
+
+    def check(self, first: str, last: str, trimmed: str) -> None:
+        """After a sweep: whether the stream still holds every event after this replica's position; if
+        not, its watchers resync from a snapshot."""
+        if entry_id(self.position) > entry_id(last):
+            return  # read past what the sweep saw (the reader ran meanwhile): nothing can be missing
+        if not covered(self.position, first, last, trimmed):
+            log.info("watch: the stream no longer holds this replica's position; watchers resync",
+                     extra={"namespace": self.namespace})
+            self.position = last
+            self.broadcast(_RESYNC)
 
     def broadcast(self, item: tuple) -> None:
         for queue in self.queues:
@@ -146,19 +153,47 @@ class Hub:
         self.watchers = 0
         self.stopping = False
         self.open_watches: set[Watch] = set()
-        self._janitor: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        """Start the replica's janitor: once a second it ends the streams whose clients have gone. aiohttp
-        does not cancel a handler when its client hangs up, and a stream idle between heartbeats would hold
-        its places in the caps until its next write failed."""
-        async def janitor() -> None:
-            while True:
-                await asyncio.sleep(JANITOR_INTERVAL_S)
-                for watch in list(self.open_watches):
-                    if not watch.alive():
-                        watch.stop()
-        self._janitor = asyncio.get_running_loop().create_task(janitor())
+        """Start the replica's own tasks: the sweeps, the lease renewals, and the janitor."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._every(SWEEP_INTERVAL_S, self._sweep)),
+                       loop.create_task(self._every(self.limits.watch_heartbeat_seconds, self._renew_leases)),
+                       loop.create_task(self._every(JANITOR_INTERVAL_S, self._end_the_gone))]
+
+    @staticmethod
+    async def _every(seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except ApiError as exc:  # Redis unavailable: the readers say so, and retry; this step runs again
+                log.debug("watch: a periodic step failed", extra={"step": step.__name__, "error": exc.message})
+
+    async def _sweep(self) -> None:
+        """Every watched namespace's expiries told, in one round trip for the replica."""
+        feeds = [feed for feed in self.feeds.values() if feed.queues]
+        if feeds:
+            for feed, (_, first, last, trimmed) in zip(feeds, await self.store.sweep_all([f.namespace for f in feeds])):
+                feed.check(first, last, trimmed)
+
+    async def _renew_leases(self) -> None:
+        """The places of this replica's watch streams in their sources' caps, renewed in one round trip: each
+        lease runs three heartbeats, so one that lapses (the replica died) frees its place soon."""
+        by_source: dict[str, list[str]] = {}
+        for watch in self.open_watches:
+            by_source.setdefault(watch.source, []).append(watch.watcher)
+        if by_source:
+            await self.store.renew_watchers(by_source, self._lease_ms())
+
+    async def _end_the_gone(self) -> None:
+        """End the streams whose clients have gone. aiohttp does not cancel a handler when its client hangs
+        up, and a stream idle between heartbeats would hold its places in the caps until its next write
+        failed."""
+        for watch in list(self.open_watches):
+            if not watch.alive():
+                watch.stop()
 
     async def close(self) -> None:
         """End every stream cleanly (their handlers send the end and return), then stop the readers."""
@@ -169,7 +204,7 @@ class Hub:
             async with asyncio.timeout(CLOSE_WAIT_S):
                 while self.open_watches:
                     await asyncio.sleep(0.01)
-        tasks = [feed.task for feed in self.feeds.values() if feed.task] + ([self._janitor] if self._janitor else [])
+        tasks = [feed.task for feed in self.feeds.values() if feed.task] + self._tasks
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -281,7 +316,6 @@ class Watch:
                     item = await self.queue.get()
             except TimeoutError:
                 if time.monotonic() < deadline:
-                    await self._renew_lease()
                     yield HEARTBEAT
                 continue
             if item is _STOP:
@@ -355,12 +389,6 @@ class Watch:
             else:
                 yield self._counted(Event("snapshot", position, b'{"Namespace":%s,"Peers":[%s]}' % (name, peers)))
                 return
-
-    async def _renew_lease(self) -> None:
-        try:
-            await self.hub.store.hold_watcher(self.source, self.watcher, 0, self.hub._lease_ms())
-        except ApiError:
-            pass  # Redis is away: the lease may lapse, which frees a place early, never late
 
     @staticmethod
     def _counted(event: Event) -> Event:

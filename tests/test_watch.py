@@ -333,6 +333,23 @@ async def test_the_per_replica_cap_of_watchers(redis_server, key_prefix):
             response.close()
 
 
+async def test_an_open_stream_keeps_its_place_past_its_lease_and_gives_it_back_when_closed(redis_server, key_prefix):
+    # a place is a lease of three heartbeats (3 s here), renewed for all of a replica's streams at once
+    settings = make_settings(redis_server.url, key_prefix, watch_heartbeat_seconds=1, watch_max_per_source=2)
+    async with serve(settings) as http:
+        held = [await http.get("/peers/watch", params={"namespace": f"lease-{i}"}) for i in range(2)]
+        assert [r.status for r in held] == [200, 200]
+        await asyncio.sleep(4.5)  # past the first lease
+        refused = await http.get("/peers/watch", params={"namespace": "lease-2"})
+        assert refused.status == 429 and (await refused.json())["error"] == "watchers_full"
+        held[0].close()
+        await asyncio.sleep(1.5)  # the janitor sees the closed connection (within a second)
+        admitted = await http.get("/peers/watch", params={"namespace": "lease-2"})
+        assert admitted.status == 200
+        for response in (held[1], admitted):
+            response.close()
+
+
 async def test_a_draining_replica_ends_its_watch_streams_at_once(redis_server, http):
     """SIGTERM: open streams end cleanly right away (their clients resume on another replica with
     Last-Event-ID), so a watcher does not hold the replica through its whole drain."""
