@@ -9,6 +9,8 @@ wrk, Redis and the watchers' process on core 1):
   2. N watchers on 100 other namespaces (idle streams: what most watchers are, most of the time);
   3. N watchers on a fresh namespace that the registrations then go to: each is a `join` sent to all N.
 Memory per watcher is the rendezvous process's RSS growth while the N idle streams opened, divided by N.
+Idle cost is the server's CPU over 15 s with no requests (one heartbeat period), with none and then with the
+N idle streams open.
 The watchers are raw sockets in one asyncio process that reads and discards, so they cost the server
 what EventSource clients would, and little CPU of their own.
 """
@@ -27,6 +29,7 @@ import time
 import urllib.request
 
 HERE = pathlib.Path(__file__).resolve().parent
+IDLE_SECONDS = 15
 sys.path.insert(0, str(HERE.parent))
 
 from bench.bench_rendezvous import COOKIE_KEY, free_port, pinned, sign_bodies, wait_http, wrk  # noqa: E402
@@ -73,6 +76,16 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    """The share of a core process `pid` spends over `seconds` of no requests (user + system, /proc)."""
+    def used() -> float:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    start = used()
+    time.sleep(seconds)
+    return (used() - start) / seconds
 
 
 def open_watchers(port: int, count: int, namespaces: list[str]) -> subprocess.Popen:
@@ -136,9 +149,12 @@ def main() -> None:
                               server=service.pid)
 
         register("no watchers")
+        # over one heartbeat period (15 s): every stream's heartbeat and the leases' renewal fall in it
+        idle_none = idle_cpu(service.pid, IDLE_SECONDS)
         before = rss_bytes(service.pid)
         idle = open_watchers(port, args.watchers, [f"idle-{i}" for i in range(100)])
         per_watcher = (rss_bytes(service.pid) - before) / args.watchers
+        idle_some = idle_cpu(service.pid, IDLE_SECONDS)
         register(f"{args.watchers:,} watchers of other namespaces")
         close_watchers(idle, port)
         # Last, as it leaves the server sending for a while after wrk stops. The namespace is a fresh one:
@@ -164,6 +180,8 @@ def main() -> None:
     print(f"\nmemory: {per_watcher / 1024:.1f} KiB per watcher (rendezvous RSS growth over {args.watchers:,} "
           f"streams); target <= 20 KiB")
     print(f"throughput with idle watchers: {100 * rows[list(rows)[1]]['rps'] / base:.0f}% of none (target >= 90%)")
+    print(f"server CPU with no requests, over {IDLE_SECONDS} s: {100 * idle_none:.1f}% of a core with no watchers, "
+          f"{100 * idle_some:.1f}% with {args.watchers:,} idle watchers of 100 namespaces")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ class Hub:
                 await step()
             except ApiError as exc:  # Redis unavailable: the readers say so, and retry; this step runs again
                 log.debug("watch: a periodic step failed", extra={"step": step.__name__, "error": exc.message})
+            except Exception:  # a bug: said loudly, and the replica's watchers keep their sweeps and leases
+                log.exception("watch: a periodic step failed", extra={"step": step.__name__})
 
     async def _sweep(self) -> None:
         """Every watched namespace's expiries told, in one round trip for the replica."""
