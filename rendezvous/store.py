@@ -54,6 +54,7 @@ LIMITED_SOURCES_MAX = 100_000  # sources remembered over their rate limit (refus
 SWEEP_LIMIT = 1000  # expiries one sweep tells of; the rest wait for the next sweep, half a second later
 READ_SOCKET_TIMEOUT_S = 10.0  # above any XREAD BLOCK the watchers ask for (watch.py READ_BLOCK_MS)
 RENEW_CHUNK = 1000  # watch-stream leases renewed by one script call
+READER_SPARE_CONNECTIONS = 64  # the event reader's pool beyond one connection per watcher (connect_reader)
 # Redis names a script by the SHA-1 of its text, so the names are known here without asking Redis: a script
 # Redis lacks (after a restart or SCRIPT FLUSH) is a NOSCRIPT reply, never a name missing on our side.
 _SHA = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in lua.ALL.items()}
@@ -76,13 +77,17 @@ class StoreUnavailable(ApiError):
 def connect_reader(settings: Settings, backend: RespConnection | RedisPyBackend) -> Any:
     """A redis-py client for the event streams' blocking reads (XREAD BLOCK), apart from the pipelining
     connection: a blocked read there would hold up every request queued behind it. Each namespace's reader
-    takes a connection of its own from the client's pool while it waits."""
+    takes a connection of its own from the client's pool while it waits, so the pool holds one per watched
+    namespace, and more for the watchers' own reads as they open: redis-py's default of 100 would refuse the
+    reads of a replica watching 100 namespaces (MaxConnectionsError). A replica has at most one namespace
+    per watcher, so its cap of watchers bounds the pool (on a Cluster, each node's)."""
     if settings.embedded:
         return backend.client  # fakeredis: one process, nothing to block
+    pool = settings.limits.watch_max_per_replica + READER_SPARE_CONNECTIONS
     if settings.redis_cluster:
-        return aioredis.RedisCluster.from_url(settings.redis_url, socket_connect_timeout=2.0,
+        return aioredis.RedisCluster.from_url(settings.redis_url, socket_connect_timeout=2.0, max_connections=pool,
                                               socket_timeout=READ_SOCKET_TIMEOUT_S, **_cluster_auth(settings))
-    return aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0,
+    return aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, max_connections=pool,
                                    socket_timeout=READ_SOCKET_TIMEOUT_S)
 
 

@@ -350,6 +350,24 @@ async def test_an_open_stream_keeps_its_place_past_its_lease_and_gives_it_back_w
             response.close()
 
 
+async def test_a_replica_watching_more_namespaces_than_a_default_redis_pool_still_reads(redis_server, key_prefix):
+    # each watched namespace's reader holds a Redis connection while it waits; redis-py's default pool of 100
+    # refused every read past that
+    settings = make_settings(redis_server.url, key_prefix, watch_max_per_source=200)
+    async with serve(settings) as http, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as many:
+        base = str(http.make_url("")).rstrip("/")  # a session of its own: aiohttp's pool also stops at 100
+        held = [await many.get(f"{base}/peers/watch", params={"namespace": f"many-{i}"}) for i in range(110)]
+        assert [r.status for r in held] == [200] * 110
+        key = new_key()
+        async with watching(http, "", "many-last") as stream:
+            assert (await stream.next())["event"] == "snapshot"
+            await http.post("/peers", data=sign_registration(key, "many-last", [], 60))
+            event = await stream.until("join")
+            assert event["data"]["ID"] == peer_id(key)
+        for response in held:
+            response.close()
+
+
 async def test_a_draining_replica_ends_its_watch_streams_at_once(redis_server, http):
     """SIGTERM: open streams end cleanly right away (their clients resume on another replica with
     Last-Event-ID), so a watcher does not hold the replica through its whole drain."""
