@@ -60,19 +60,19 @@ def round_trips(lab: NatLab, cell: Cell) -> tuple[float, float]:
     return direct, relayed
 
 
-def one_run(lab: NatLab, cell: Cell, run: str, transport: str) -> tuple[str, bool, float | None]:
-    """(path or '-', first attempt, time_to_direct in s) of one fresh pair in `cell`."""
+def one_run(lab: NatLab, cell: Cell, run: str, transport: str) -> tuple[str, bool, float | None, str]:
+    """(path or '-', first attempt, time_to_direct in s, why the first attempt failed) of one fresh pair."""
     pair = start_pair(lab, cell, run, env=WORKER_ENV, quic=transport == "quic", tcp=transport == "tcp")
     try:
         seen = connected_events(lab, pair, RUN_TIMEOUT)
         dialer = next((e for e in seen if e and e.get("initiated_by") == "us"), None) or next(
             (e for e in seen if e), None)
         if dialer is None:
-            return "-", False, None
+            return "-", False, None, ""
         log = lab.events(pair.names[seen.index(dialer)])
         before = log[: log.index(dialer)]
-        failed_first = any(e.get("event") == "failed" and e.get("peer") == dialer["peer"] for e in before)
-        return dialer["path"], not failed_first, dialer.get("time_to_direct")
+        failed = [e for e in before if e.get("event") == "failed" and e.get("peer") == dialer["peer"]]
+        return dialer["path"], not failed, dialer.get("time_to_direct"), failed[0].get("error", "") if failed else ""
     finally:
         stop_pair(lab, pair)
 
@@ -108,9 +108,10 @@ def main() -> None:
             direct_rtt, relayed_rtt = round_trips(lab, cell)
             outcomes = [one_run(lab, cell, f"{cell.name.replace('/', '-')}-{args.transport}-{run}", args.transport)
                         for run in range(args.runs)]
-            for run, (path, first, ttd) in enumerate(outcomes):
+            for run, (path, first, ttd, why) in enumerate(outcomes):
                 print(f"{cell.name:26s} run {run + 1:2d}: {path:13s} first={first} "
-                      f"{'' if ttd is None else f'{ttd * 1000:.0f} ms'}", flush=True)
+                      f"{'' if ttd is None else f'{ttd * 1000:.0f} ms'}{f' (first attempt: {why})' if why else ''}",
+                      flush=True)
             rows.append((cell, direct_rtt, relayed_rtt, outcomes))
     handshake = HANDSHAKE_RTTS[args.transport]
     print(f"\n{args.runs} runs a cell over {args.transport}, {args.delay_ms:g} ms one way per router; floor = "
