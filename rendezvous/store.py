@@ -486,9 +486,8 @@ class Store:
         """Tell of the namespace's expired registrations (at most SWEEP_LIMIT) as `expire` events, and keep its
         event stream (which exists while it is watched).
         -> (how many expired, the stream's first entry ID, its last, the last it trimmed)."""
-        [(expired, first, last, trimmed)] = await self._pipeline(lambda batch: batch.script(
-            "sweep", self.keys.namespace(namespace).all(), SWEEP_LIMIT, *self._event_bounds()))
-        return expired, _text(first), _text(last), _text(trimmed)
+        [swept] = await self.sweep_all([namespace])
+        return swept
 
     async def read_events(self, namespace: str, after: str, count: int,
                           block_ms: int | None = None) -> list[tuple[str, bytes, bytes]]:

@@ -279,50 +279,50 @@ def _inbound_until_closed(handle):
     return handle_inbound
 
 
-async def _select_one_of_pipelined(self, protocols, communicator, negotiate_timeout=30):
-    # Replaces MultiselectClient.select_one_of, which writes the multistream header, waits for the peer's,
-    # and only then proposes a protocol: two round trips for every stream and every upgrade. Here the header
-    # and the first proposal leave together (what go-libp2p and rust-libp2p dialers do, and any listener
-    # reads them in turn), so a stream opens in one round trip. Over a relay that is ~100 ms a stream in the
-    # NAT lab: DCUtR's stream, the relay's hop and stop streams, and each relayed upgrade. A refusal ("na")
-    # falls back to the library's one-at-a-time proposals for the rest.
+def _pipelined_select(library_select):
+    # Wraps MultiselectClient.select_one_of, which writes the multistream header, waits for the peer's, and
+    # only then proposes a protocol: two round trips for every stream and every upgrade. Here the header and
+    # the first proposal leave together (what go-libp2p and rust-libp2p dialers do, and any listener reads
+    # them in turn), so a stream opens in one round trip. Over a relay that is ~100 ms a stream in the NAT
+    # lab: DCUtR's stream, the relay's hop and stop streams, and each relayed upgrade. A refusal ("na") falls
+    # back to the library's one-at-a-time proposals for the rest.
     from libp2p.protocol_muxer import multiselect_client as library
     from libp2p.protocol_muxer.exceptions import (MultiselectClientError, MultiselectCommunicatorError,
                                                   ProtocolNotSupportedError)
     from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
     from libp2p.utils import encode_delim
 
-    if not protocols or type(communicator) is not MultiselectCommunicator:
-        return await _LIBRARY_SELECT_ONE_OF(self, protocols, communicator, negotiate_timeout)
-    first = protocols[0]
-    with trio.move_on_after(negotiate_timeout):
-        try:
-            await communicator.read_writer.write(encode_delim(library.MULTISELECT_PROTOCOL_ID.encode())
-                                                 + encode_delim((first or "").encode()))
-        except Exception as error:  # what the library's communicator wraps, and a stream already gone
-            raise MultiselectClientError(f"handshake write failed: {error}") from error
-        try:
-            header = await communicator.read()
-            if not library.is_valid_handshake(header):
-                raise MultiselectClientError(f"multiselect protocol ID mismatch: got {header!r}")
-            response = await communicator.read()
-        except MultiselectCommunicatorError as error:
-            raise MultiselectClientError(f"negotiation read failed: {error}, protocol={first}") from error
-        if response == (first or ""):
-            return first
-        if response != library.PROTOCOL_NOT_FOUND_MSG:
-            raise MultiselectClientError(f"unrecognized response: {response!r}, protocol={first}")
-        for protocol in protocols[1:]:
+    async def select_one_of(self, protocols, communicator, negotiate_timeout=library.DEFAULT_NEGOTIATE_TIMEOUT):
+        if not protocols or type(communicator) is not MultiselectCommunicator:
+            return await library_select(self, protocols, communicator, negotiate_timeout)
+        first = protocols[0]
+        with trio.move_on_after(negotiate_timeout):
             try:
-                return await self.try_select(communicator, protocol)
-            except ProtocolNotSupportedError:
-                continue
-        raise MultiselectClientError(f"protocols not supported: tried {list(protocols)}")
-    raise MultiselectClientError(f"response timed out after {negotiate_timeout}s, protocols tried: "
-                                 f"{list(protocols)}")
-
-
-_LIBRARY_SELECT_ONE_OF = None
+                await communicator.read_writer.write(encode_delim(library.MULTISELECT_PROTOCOL_ID.encode())
+                                                     + encode_delim((first or "").encode()))
+            except Exception as error:  # what the library's communicator wraps, and a stream already gone
+                raise MultiselectClientError(f"handshake write failed: {error}") from error
+            try:
+                header = await communicator.read()
+                if not library.is_valid_handshake(header):
+                    raise MultiselectClientError(f"multiselect protocol ID mismatch: got {header!r}")
+                response = await communicator.read()
+            except MultiselectCommunicatorError as error:
+                raise MultiselectClientError(f"negotiation read failed: {error}, protocol={first}") from error
+            if response == (first or ""):
+                return first
+            if response != library.PROTOCOL_NOT_FOUND_MSG:
+                raise MultiselectClientError(f"unrecognized response: {response!r}, protocol={first}")
+            for protocol in protocols[1:]:
+                try:
+                    return await self.try_select(communicator, protocol)
+                except ProtocolNotSupportedError:
+                    continue
+            raise MultiselectClientError(f"protocols not supported: tried {list(protocols)}")
+        raise MultiselectClientError(f"response timed out after {negotiate_timeout}s, protocols tried: "
+                                     f"{list(protocols)}")
+    select_one_of.pipelined = True
+    return select_one_of
 
 
 def install_library_patches() -> None:
@@ -339,10 +339,8 @@ def install_library_patches() -> None:
     if not getattr(Swarm._do_handle_inbound_connection, "frees_its_slot", False):
         Swarm._do_handle_inbound_connection = _inbound_until_closed(Swarm._do_handle_inbound_connection)
         Swarm.add_conn = _add_conn_telling_inbound(Swarm.add_conn)
-    global _LIBRARY_SELECT_ONE_OF
-    if MultiselectClient.select_one_of is not _select_one_of_pipelined:
-        _LIBRARY_SELECT_ONE_OF = MultiselectClient.select_one_of
-        MultiselectClient.select_one_of = _select_one_of_pipelined
+    if not getattr(MultiselectClient.select_one_of, "pipelined", False):
+        MultiselectClient.select_one_of = _pipelined_select(MultiselectClient.select_one_of)
     dcutr._local_tcp_listen_addrs = _plain_tcp_listen_addrs
     QUICStream.get_remote_address = _quic_stream_remote_address
     identify._remote_address_to_multiaddr = _observed_multiaddr

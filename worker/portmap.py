@@ -167,21 +167,20 @@ class NatPmpClient:
         self._nonces: dict[tuple[str, int], bytes] = {}
 
     async def map(self, transport: str, internal_port: int, lease: int, external_port: int | None) -> Mapping:
-        if self.pcp:
-            try:
-                port, ip, granted = await self._pcp_map(transport, internal_port, external_port or internal_port,
-                                                        lease)
-                if granted == 0:
-                    raise MappingError("the gateway granted a lease of 0 s")
-                return _mapping(PCP, transport, internal_port, ip, port, granted)
-            except _OnlyNatPmp:
-                self.pcp = False
-                log.debug("port mapping: the gateway speaks NAT-PMP, not PCP", extra={"gateway": self.gateway})
-        ip = await self.external_address()
-        granted_port, granted = await self._map(transport, internal_port, external_port or internal_port, lease)
+        suggested = external_port or internal_port
+        protocol = PCP if self.pcp else NATPMP
+        try:
+            if self.pcp:
+                port, ip, granted = await self._pcp_map(transport, internal_port, suggested, lease)
+        except _OnlyNatPmp:
+            self.pcp, protocol = False, NATPMP
+            log.debug("port mapping: the gateway speaks NAT-PMP, not PCP", extra={"gateway": self.gateway})
+        if protocol == NATPMP:
+            ip = await self.external_address()
+            port, granted = await self._map(transport, internal_port, suggested, lease)
         if granted == 0:
             raise MappingError("the gateway granted a lease of 0 s")
-        return _mapping(NATPMP, transport, internal_port, ip, granted_port, granted)
+        return _mapping(protocol, transport, internal_port, ip, port, granted)
 
     async def unmap(self, mapping: Mapping) -> None:
         # PCP section 15 and NAT-PMP section 3.4: a lifetime of 0 deletes the mapping
