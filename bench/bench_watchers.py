@@ -32,7 +32,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 IDLE_SECONDS = 15
 sys.path.insert(0, str(HERE.parent))
 
-from bench.bench_rendezvous import COOKIE_KEY, free_port, pinned, sign_bodies, wait_http, wrk  # noqa: E402
+from bench.bench_rendezvous import (COOKIE_KEY, cpu_seconds, free_port, pinned, sign_bodies,  # noqa: E402
+                                     wait_http, wrk)
 
 # The watchers' process: opens N streams, prints "open <n>" once all have their first event, then drains
 # until stdin closes.
@@ -80,12 +81,9 @@ def rss_bytes(pid: int) -> int:
 
 def idle_cpu(pid: int, seconds: float) -> float:
     """The share of a core process `pid` spends over `seconds` of no requests (user + system, /proc)."""
-    def used() -> float:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    start = used()
+    start = cpu_seconds(pid)
     time.sleep(seconds)
-    return (used() - start) / seconds
+    return (cpu_seconds(pid) - start) / seconds
 
 
 def open_watchers(port: int, count: int, namespaces: list[str]) -> subprocess.Popen:

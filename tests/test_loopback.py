@@ -265,22 +265,6 @@ def test_an_inbound_connection_that_closes_frees_its_slot():
     run(body)
 
 
-class _SocketReadWriter:
-    """A trio socket stream as py-libp2p's ReadWriteCloser (what a raw TCP connection is to it)."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    async def read(self, n=None):
-        return await self.stream.receive_some(n or 65536)
-
-    async def write(self, data):
-        await self.stream.send_all(data)
-
-    async def close(self):
-        await self.stream.aclose()
-
-
 def test_a_stream_proposes_its_protocol_without_waiting_for_the_header():
     """The dialer's multistream header and first proposal leave together, so a protocol is agreed in one
     round trip (the library waited for the header's echo first: one more round trip over a relay). The
@@ -288,6 +272,7 @@ def test_a_stream_proposes_its_protocol_without_waiting_for_the_header():
     against py-libp2p's own listener."""
     async def body(nursery):
         import trio
+        from libp2p.io.trio import TrioTCPStream  # py-libp2p's own wrapper of a raw TCP connection
         from libp2p.protocol_muxer.multiselect import Multiselect
         from libp2p.protocol_muxer.multiselect_client import MultiselectClient
         from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
@@ -305,14 +290,14 @@ def test_a_stream_proposes_its_protocol_without_waiting_for_the_header():
             await listener.send_all(header + proposal)
         nursery.start_soon(silent_until_both_arrive)
         selected = await MultiselectClient().select_one_of(
-            ["/echo/1.0.0"], MultiselectCommunicator(_SocketReadWriter(dialer)), 5)
+            ["/echo/1.0.0"], MultiselectCommunicator(TrioTCPStream(dialer)), 5)
         assert selected == "/echo/1.0.0"
 
         dialer, listener = _socket_pair()
         server = Multiselect({"/b/1.0.0": None})
-        nursery.start_soon(server.negotiate, MultiselectCommunicator(_SocketReadWriter(listener)))
+        nursery.start_soon(server.negotiate, MultiselectCommunicator(TrioTCPStream(listener)))
         selected = await MultiselectClient().select_one_of(
-            ["/a/1.0.0", "/b/1.0.0"], MultiselectCommunicator(_SocketReadWriter(dialer)), 5)
+            ["/a/1.0.0", "/b/1.0.0"], MultiselectCommunicator(TrioTCPStream(dialer)), 5)
         assert selected == "/b/1.0.0"
     run(body, timeout=20)
 
